@@ -1,0 +1,3 @@
+from kv_cache_rl.cli import main
+
+raise SystemExit(main())

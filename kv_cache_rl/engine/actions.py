@@ -1,0 +1,269 @@
+"""What an agent can do to cached sequences, and what the engine does with finished KV.
+
+``evict``, ``compress`` and ``swap_to_cpu`` act between iterations. Misuse (an unknown id, a
+sequence in the wrong state, a full host pool) raises an :class:`ActionError` subclass and
+changes nothing. Costs are real: an evicted request recomputes its prompt and output; a
+compressed sequence loses quality on every later token; a swap stalls the next iteration for
+the host-link transfer, and bringing the KV back costs the same again.
+
+Retention: with ``EngineConfig.retention_s > 0`` a finished session turn keeps its prompt KV
+pinned (``context``) for the session's next turn, its thinking tokens (``reasoning``) and a
+sub-agent's KV (``ephemeral``) until the TTL runs out, as NVIDIA Dynamo's KVBM does; the shared
+system prefix (``system``) stays pinned. Pinned KV counts as used: it is what agents manage.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+
+from kv_cache_rl.engine.block_pool import UNITS_PER_BLOCK
+from kv_cache_rl.engine.sequence import Sequence, State
+
+
+class ActionError(ValueError):
+    """An action that cannot be applied; the engine state is unchanged."""
+
+
+class UnknownSequenceError(ActionError, KeyError):
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0]
+
+
+class InvalidStateError(ActionError):
+    pass
+
+
+class CapacityError(ActionError):
+    pass
+
+
+VISIBLE = (State.RUNNING, State.SWAPPED, State.RETAINED)
+
+
+class ActionsMixin:
+    """Agent actions and KV retention for :class:`~kv_cache_rl.engine.engine.Engine`."""
+
+    # ---- queries ------------------------------------------------------------------------
+    def sequence(self, seq_id: int) -> Sequence:
+        seq = self.live.get(seq_id)
+        if seq is None or seq.state not in VISIBLE:
+            raise UnknownSequenceError(f"no cached sequence with id {seq_id}")
+        return seq
+
+    def cached_sequences(self) -> list[Sequence]:
+        """Every sequence holding KV (GPU or host), in id order."""
+        return [s for s in self.live.values() if s.state in VISIBLE]
+
+    def clone(self):
+        """An independent copy for lookahead search (shares the immutable profile and trace)."""
+        memo = {id(x): x for x in (self.profile, self.profile.cost, self.trace, self.config,
+                                   self._iteration_time_s)}
+        return copy.deepcopy(self, memo)
+
+    # ---- actions ------------------------------------------------------------------------
+    def keep(self) -> None:
+        """Do nothing."""
+
+    def evict(self, seq_id: int) -> int:
+        """Drop a sequence's KV; return the fp16-equivalent blocks freed on the GPU.
+
+        A running or swapped request goes back to the front of the queue and recomputes.
+        """
+        seq = self.sequence(seq_id)
+        before = self.pool.allocatable_units
+        was = seq.swapped_from if seq.state == State.SWAPPED else seq.state
+        self._drop_kv(seq)
+        if was == State.RETAINED:
+            self._forget(seq)
+        else:
+            if seq in self.running:
+                self.running.remove(seq)
+            if seq in self.swapped:
+                self.swapped.remove(seq)
+            seq.num_computed = 0
+            seq.num_registered = 0
+            seq.state = State.WAITING
+            seq.evicted += 1
+            self.waiting.appendleft(seq)
+            self.stats.evicted_active += 1
+        return (self.pool.allocatable_units - before) // UNITS_PER_BLOCK
+
+    def compress(self, seq_id: int) -> int:
+        """Quantize a sequence one precision tier down; return the units freed.
+
+        Only blocks this sequence holds alone shrink (a shared prefix is other requests' KV
+        too), except for the ``system`` prefix, which every request reads by design.
+        """
+        seq = self.sequence(seq_id)
+        if seq.state == State.SWAPPED:
+            raise InvalidStateError(f"sequence {seq_id} is in host memory; it cannot be compressed")
+        last = len(self.profile.tiers) - 1
+        if seq.tier >= last:
+            raise InvalidStateError(
+                f"sequence {seq_id} is already at the lowest precision "
+                f"({self.profile.tiers[last].name})")
+        tier = seq.tier + 1
+        target = UNITS_PER_BLOCK >> tier
+        before = self.pool.free_units
+        for block in seq.blocks:
+            if block.units > target and (block.ref == 1 or seq.kind == "system"):
+                self.pool.resize(block, target)
+        seq.tier = tier
+        return self.pool.free_units - before
+
+    def swap_to_cpu(self, seq_id: int) -> float:
+        """Move a sequence's own blocks to host memory; return the transfer time in seconds."""
+        seq = self.sequence(seq_id)
+        if seq.state == State.SWAPPED:
+            raise InvalidStateError(f"sequence {seq_id} is already in host memory")
+        moved = [(j, b) for j, b in enumerate(seq.blocks) if b.ref == 1]
+        units = sum(b.units for _, b in moved)
+        if not moved:
+            raise InvalidStateError(f"sequence {seq_id} holds no blocks of its own to swap")
+        if units > self.cpu_free_units:
+            raise CapacityError(
+                f"host swap space is full ({self.cpu_free_units // UNITS_PER_BLOCK} free blocks, "
+                f"sequence {seq_id} needs {units / UNITS_PER_BLOCK:g})")
+        for j, block in moved:
+            if block.hash is not None:
+                seq.cpu_keys.append((j, block.hash))
+                self.pool.uncache(block)
+            block.ref = 0  # held by the host copy, not by the GPU pool
+        self.pool.release_units(units)
+        self.cpu_free_units -= units
+        seq.cpu_units = units
+        seq.swapped_from = seq.state
+        if seq.state == State.RUNNING:
+            self.running.remove(seq)
+            self.swapped.append(seq)
+        seq.state = State.SWAPPED
+        nbytes = units * self.unit_bytes
+        self.stats.swap_out_bytes += nbytes
+        return self._link(nbytes)
+
+    # ---- mechanics ----------------------------------------------------------------------
+    def _link(self, nbytes: int) -> float:
+        """Host-link time for a transfer; the engine stalls for it in the next iteration."""
+        seconds = self.profile.gpu.transfer_s(nbytes)
+        self._stall_s += seconds
+        self.stats.swap_latency_s += seconds
+        return seconds
+
+    def _swap_in(self, seq: Sequence) -> bool:
+        if not self.pool.reserve(seq.cpu_units):
+            return False
+        for block in seq.blocks:
+            if block.ref == 0:
+                block.ref = 1
+        for j, key in seq.cpu_keys:
+            self.pool.cache(seq.blocks[j], key)
+        nbytes = seq.cpu_units * self.unit_bytes
+        self.cpu_free_units += seq.cpu_units
+        seq.cpu_units = 0
+        seq.cpu_keys = []
+        seq.state = seq.swapped_from
+        self.stats.swap_in_bytes += nbytes
+        self._link(nbytes)
+        return True
+
+    def _swap_in_requests(self) -> None:
+        while self.swapped and len(self.running) < self.config.max_num_seqs:
+            seq = self.swapped[0]
+            if not self._swap_in(seq):
+                return
+            self.swapped.popleft()
+            self.running.append(seq)
+
+    def _drop_kv(self, seq: Sequence) -> None:
+        """Discard a sequence's KV for good: its own blocks leave the prefix cache too."""
+        if seq.state == State.SWAPPED:
+            self.cpu_free_units += seq.cpu_units
+            seq.cpu_units = 0
+            seq.cpu_keys = []
+        on_gpu = [b for b in seq.blocks if b.ref > 0]
+        for block in on_gpu:
+            if block.ref == 1 and block.hash is not None:
+                self.pool.uncache(block)
+        self.pool.free(reversed(on_gpu))
+        seq.blocks = []
+
+    def _forget(self, seq: Sequence) -> None:
+        seq.state = State.FINISHED
+        self.live.pop(seq.seq_id, None)
+        if self._session_context.get(seq.session_id) is seq:
+            del self._session_context[seq.session_id]
+        if self._system is seq:
+            self._system = None
+
+    def _release(self, holder: Sequence) -> None:
+        """End a retention: the blocks stay in the prefix cache as evictable (vLLM's free)."""
+        if holder.state == State.SWAPPED:
+            self._drop_kv(holder)
+        else:
+            self.pool.free(reversed(holder.blocks))
+            holder.blocks = []
+        self._forget(holder)
+
+    def _expire(self) -> None:
+        heap = self._expiry
+        while heap and heap[0][0] <= self.now:
+            expires_s, seq_id = heapq.heappop(heap)
+            holder = self.live.get(seq_id)
+            if holder is not None and holder.expires_s == expires_s:
+                self._release(holder)
+
+    def _finish(self, seq: Sequence) -> None:
+        seq.state = State.FINISHED
+        seq.finish_s = self.now
+        self.finished.append(seq)
+        self.live.pop(seq.seq_id, None)
+        blocks, seq.blocks = seq.blocks, []
+        if self.config.retention_s > 0 and seq.req is not None:
+            self._retain(seq, blocks)
+        else:
+            self.pool.free(reversed(blocks))
+
+    def _retain(self, seq: Sequence, blocks: list) -> None:
+        """Split a finished turn's blocks into pinned holders by what they are worth."""
+        req = seq.req
+        bs = self.config.block_size
+        n_sys = min(req.system_toks // bs, len(blocks))
+        n_prompt = min(seq.prompt_len // bs, len(blocks))
+        free = []
+        if n_sys:
+            if self._system is None:
+                self._system = self._hold(seq, "system", blocks[:n_sys], expires=False)
+            else:
+                free += blocks[:n_sys]
+        rest = blocks[n_sys:]
+        if req.ephemeral:
+            self._hold(seq, "ephemeral", rest)
+        else:
+            context, output = blocks[n_sys:n_prompt], blocks[max(n_sys, n_prompt):]
+            if seq.session_id >= 0 and context:
+                old = self._session_context.get(seq.session_id)
+                if old is not None:
+                    self._release(old)
+                self._session_context[seq.session_id] = self._hold(seq, "context", context)
+            else:
+                free += context
+            if req.reasoning_toks > 0 and output:
+                self._hold(seq, "reasoning", output)
+            else:
+                free += output
+        self.pool.free(reversed(free))
+
+    def _hold(self, seq: Sequence, kind: str, blocks: list, *, expires: bool = True) -> Sequence:
+        holder = Sequence(self._next_seq_id, seq.req, kind, 0, 0, self.now)
+        self._next_seq_id += 1
+        holder.state = State.RETAINED
+        holder.blocks = blocks
+        holder.tier = seq.tier
+        holder.num_kv_tokens = len(blocks) * self.config.block_size
+        holder.last_active_s = self.now
+        if expires:
+            holder.expires_s = self.now + self.config.retention_s
+            heapq.heappush(self._expiry, (holder.expires_s, holder.seq_id))
+        self.live[holder.seq_id] = holder
+        return holder

@@ -1,0 +1,85 @@
+"""A sequence: anything that holds KV blocks and can be acted on.
+
+Active requests are sequences of kind ``generation``. When a request of an agentic session
+finishes, the server may keep (retain) parts of its KV for the session's next turn; those parts
+become sequences of their own: ``context`` (the prompt, reusable as the next turn's prefix),
+``reasoning`` (thinking tokens, never reused), ``ephemeral`` (a sub-agent's KV) and ``system``
+(the shared system prefix).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from kv_cache_rl.config import TraceRequest
+from kv_cache_rl.engine.block_pool import Block
+
+KINDS = ("system", "context", "generation", "reasoning", "ephemeral")
+
+
+class State(IntEnum):
+    WAITING = 0  # queued, no KV on the GPU
+    RUNNING = 1  # scheduled every iteration (prefilling or decoding)
+    SWAPPED = 2  # KV in host memory; must come back before it can run or be reused
+    RETAINED = 3  # finished, KV pinned on the GPU for reuse
+    FINISHED = 4  # done; holds no KV
+
+
+class Sequence:
+    """Runtime state of one KV holder. Mutable; owned by one ``Engine``."""
+
+    __slots__ = (
+        "seq_id", "req", "kind", "state", "prompt_len", "max_output", "num_output",
+        "num_computed", "blocks", "shared_keys", "num_registered", "tier", "arrival_s",
+        "first_token_s", "finish_s", "last_active_s", "expires_s", "swapped_from",
+        "num_preemptions", "recomputed_tokens", "num_kv_tokens", "session_id", "priority",
+        "high_water", "cpu_units", "cpu_keys", "evicted",
+    )
+
+    def __init__(self, seq_id: int, req: TraceRequest | None, kind: str, prompt_len: int,
+                 max_output: int, arrival_s: float) -> None:
+        self.seq_id = seq_id
+        self.req = req
+        self.kind = kind
+        self.state = State.WAITING
+        self.prompt_len = prompt_len
+        self.max_output = max_output
+        self.num_output = 0
+        self.num_computed = 0  # tokens whose KV has been computed (vLLM num_computed_tokens)
+        self.blocks: list[Block] = []
+        self.shared_keys: list = []  # prefix-cache keys of the prompt's shareable full blocks
+        self.num_registered = 0  # how many of shared_keys are published in the cache
+        self.tier = 0  # precision of the sequence's private blocks: 0 fp16, 1 int8, 2 int4
+        self.arrival_s = arrival_s
+        self.first_token_s = -1.0
+        self.finish_s = -1.0
+        self.last_active_s = arrival_s
+        self.expires_s = float("inf")
+        self.swapped_from = State.RUNNING
+        self.num_preemptions = 0
+        self.recomputed_tokens = 0
+        self.num_kv_tokens = 0  # retained holders: tokens their blocks hold
+        self.session_id = req.session_id if req is not None else -1
+        self.priority = req.priority if req is not None else 0
+        self.high_water = 0  # most tokens ever computed: what a recompute repeats
+        self.cpu_units = 0  # units of this sequence's KV held in host memory
+        self.cpu_keys: list = []  # (block index, cache key) to republish on swap-in
+        self.evicted = 0  # times an agent dropped this sequence's KV
+
+    @property
+    def num_tokens(self) -> int:
+        """Prompt plus generated tokens (vLLM ``Request.num_tokens``)."""
+        return self.prompt_len + self.num_output
+
+    @property
+    def kv_tokens(self) -> int:
+        return self.num_kv_tokens if self.state == State.RETAINED else self.num_computed
+
+    @property
+    def units(self) -> int:
+        return sum(b.units for b in self.blocks)
+
+    def __repr__(self) -> str:
+        return (f"Sequence({self.seq_id}, {self.kind}, {self.state.name}, "
+                f"computed={self.num_computed}, out={self.num_output}/{self.max_output}, "
+                f"blocks={len(self.blocks)}, tier={self.tier})")
