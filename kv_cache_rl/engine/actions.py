@@ -14,10 +14,10 @@ system prefix (``system``) stays pinned. Pinned KV counts as used: it is what ag
 
 from __future__ import annotations
 
-import copy
 import heapq
 
 from kv_cache_rl.engine.block_pool import UNITS_PER_BLOCK
+from kv_cache_rl.engine.clone import clone_engine
 from kv_cache_rl.engine.sequence import Sequence, State
 
 
@@ -57,9 +57,7 @@ class ActionsMixin:
 
     def clone(self):
         """An independent copy for lookahead search (shares the immutable profile and trace)."""
-        memo = {id(x): x for x in (self.profile, self.profile.cost, self.trace, self.config,
-                                   self._iteration_time_s)}
-        return copy.deepcopy(self, memo)
+        return clone_engine(self)
 
     # ---- actions ------------------------------------------------------------------------
     def keep(self) -> None:
@@ -81,6 +79,7 @@ class ActionsMixin:
                 self.running.remove(seq)
             if seq in self.swapped:
                 self.swapped.remove(seq)
+            seq.high_water = max(seq.high_water, seq.num_computed)
             seq.num_computed = 0
             seq.num_registered = 0
             seq.state = State.WAITING
@@ -238,7 +237,8 @@ class ActionsMixin:
                 free += blocks[:n_sys]
         rest = blocks[n_sys:]
         if req.ephemeral:
-            self._hold(seq, "ephemeral", rest)
+            if rest:  # nothing but the system prefix: no holder of its own
+                self._hold(seq, "ephemeral", rest)
         else:
             context, output = blocks[n_sys:n_prompt], blocks[max(n_sys, n_prompt):]
             if seq.session_id >= 0 and context:

@@ -50,6 +50,9 @@ class BlockPool:
         self._evictable: OrderedDict[Hashable, Block] = OrderedDict()  # ref == 0, LRU first
         self.evictable_units = 0
         self.evicted_blocks = 0  # cached blocks reclaimed for new allocations
+        # bumped whenever a prefix-cache lookup could answer differently (membership or a
+        # 0 <-> 1 reference change), so the scheduler can reuse a blocked head's hits
+        self.version = 0
 
     # ---- accounting -------------------------------------------------------------------
     @property
@@ -76,6 +79,8 @@ class BlockPool:
         if units > self.free_units + self.evictable_units:
             return False
         evictable = self._evictable
+        if self.free_units < units:
+            self.version += 1
         while self.free_units < units:
             key, block = evictable.popitem(last=False)
             del self.cached[key]
@@ -100,6 +105,7 @@ class BlockPool:
         if block.ref == 0:
             del self._evictable[block.hash]
             self.evictable_units -= block.units
+            self.version += 1
         block.ref += 1
 
     def hit_cost_units(self, blocks: Iterable[Block]) -> int:
@@ -112,6 +118,7 @@ class BlockPool:
             return
         block.hash = key
         self.cached[key] = block
+        self.version += 1
 
     def uncache(self, block: Block) -> None:
         """Withdraw a block from the prefix cache (its KV is being dropped or moved)."""
@@ -121,6 +128,7 @@ class BlockPool:
             raise BlockPoolError(f"uncache of a free block {block!r}")
         del self.cached[block.hash]
         block.hash = None
+        self.version += 1
 
     def free(self, blocks: Iterable[Block]) -> None:
         """Drop one reference from each block; unreferenced cached blocks become evictable.
@@ -136,6 +144,7 @@ class BlockPool:
             if block.hash is not None:
                 self._evictable[block.hash] = block
                 self.evictable_units += block.units
+                self.version += 1
             else:
                 self.free_units += block.units
 

@@ -60,6 +60,7 @@ class Engine(ActionsMixin):
         self._next_seq_id = 0  # per-instance counter: ids are stable and deterministic
         self._stall_s = 0.0
         self._preempted = False
+        self._hits_memo = None  # (seq, pool version, num_tokens, hits, cost) of the last lookup
         self._expiry: list[tuple[float, int]] = []  # (expires_s, seq_id) heap of retained KV
         self._session_context: dict[int, Sequence] = {}
         self._system: Sequence | None = None
@@ -115,8 +116,8 @@ class Engine(ActionsMixin):
         while True:
             if not (self.running or self.waiting or self.swapped):
                 return 0.0
-            scheduled, chunks, num_decodes, kv_sum = self._schedule()
-            if scheduled or self._stall_s > 0.0:
+            scheduled, chunks, num_decodes, kv_sum, finished = self._schedule()
+            if scheduled or num_decodes or self._stall_s > 0.0:
                 break
             if self._preempted:
                 continue  # every running request was preempted: admit again at once
@@ -124,14 +125,14 @@ class Engine(ActionsMixin):
                 return 0.0
             self._reject_head()  # nothing will ever free room for it
         dt = self._stall_s
-        if scheduled:
+        if scheduled or num_decodes:
             dt += self._iteration_time_s(chunks, num_decodes, kv_sum)
         self._stall_s = 0.0
         self.stats.observe(dt, self.pool.usage, len(self.running), len(self.waiting))
         self.now += dt
         self.iterations += 1
         prompt_toks = sum(c[0] for c in chunks)
-        generated = self._update(scheduled)
+        generated = num_decodes + self._update(scheduled, finished)
         self.stats.prompt_tokens += prompt_toks
         self.stats.generated_tokens += generated
         if self.timeseries is not None:
@@ -154,8 +155,7 @@ class Engine(ActionsMixin):
         self._next_arrival = i
 
     def _new_sequence(self, req: TraceRequest) -> Sequence:
-        seq = Sequence(self._next_seq_id, req, "ephemeral" if req.ephemeral else "generation",
-                       req.input_toks, req.output_toks, req.arrival_s)
+        seq = Sequence(self._next_seq_id, req, "generation", req.input_toks, req.output_toks, req.arrival_s)
         self._next_seq_id += 1
         if req.hash_ids and self.config.enable_prefix_caching:
             seq.shared_keys = self._shared_keys(req)
@@ -163,40 +163,56 @@ class Engine(ActionsMixin):
         return seq
 
     def _shared_keys(self, req: TraceRequest) -> list[int]:
-        """Cache keys of the prompt's full blocks that a hash id covers.
+        """Cache keys of the prompt's full blocks that hash ids cover.
 
-        A hash id covers ``hash_block_tokens`` tokens, i.e. ``per`` engine blocks; block ``j``
-        under hash id ``h`` gets key ``h * per + j % per``: equal ids give equal keys.
+        A hash id covers ``hash_block_tokens`` (``hbt``) tokens and, like vLLM's block hashes,
+        names the whole prefix up to its end. Block ``j`` is named by the id covering its last
+        token and where in that id's span the block ends: equal keys mean an equal prefix,
+        whether one id spans several blocks or one block spans several ids.
         """
         bs = self.config.block_size
-        per = max(1, self.trace.hash_block_tokens // bs)
-        n_full = min(req.input_toks // bs, len(req.hash_ids) * per)
+        hbt = self.trace.hash_block_tokens
         ids = req.hash_ids
-        return [ids[j // per] * per + j % per for j in range(n_full)]
+        n_full = min(req.input_toks, len(ids) * hbt) // bs
+        ends = range(bs - 1, n_full * bs, bs)  # last token of each full block
+        return [ids[e // hbt] * hbt + e % hbt for e in ends]
 
     def _schedule(self):
+        """Schedule the running requests, then swapped and waiting ones (vLLM V1 order).
+
+        Decodes are the hot path: their token is accounted here (a decode always samples one
+        token), and only prefill chunks and finished requests are left to :meth:`_update`.
+        """
         bs = self.config.block_size
-        pool = self.pool
+        reserve = self.pool.reserve
         running = self.running
         attention = self._attention_factor
+        quality = self._quality_cost
         budget = self.config.max_num_batched_tokens
-        scheduled: list[tuple[Sequence, int]] = []
+        scheduled: list[tuple[Sequence, int]] = []  # prefill chunks, for _update
         chunks: list[tuple[int, int]] = []
+        finished: list[Sequence] = []
         num_decodes = 0
         kv_sum = 0.0
+        loss = 0.0
         preempted = False
+        n_running = len(running)
         i = 0
-        while i < len(running) and budget > 0:
+        while i < n_running and budget > 0:
             seq = running[i]
             computed = seq.num_computed
-            n = seq.prompt_len + seq.num_output - computed
+            n = seq.num_tokens - computed
             if n > budget:
                 n = budget
-            need = (computed + n + bs - 1) // bs - len(seq.blocks)
+            if n == 1:  # blocks always cover exactly the computed tokens
+                need = 0 if computed % bs else 1
+            else:
+                need = (computed + n + bs - 1) // bs - len(seq.blocks)
             if need > 0:
                 units = UNITS_PER_BLOCK >> seq.tier
-                while not pool.reserve(need * units):
+                while not reserve(need * units):
                     victim = running.pop()
+                    n_running -= 1
                     self._preempt(victim)
                     preempted = True
                     if victim is seq:
@@ -205,21 +221,31 @@ class Engine(ActionsMixin):
                     seq.blocks.extend([Block(units) for _ in range(need)])
                 if seq.state != State.RUNNING:
                     break
-            scheduled.append((seq, n))
-            if n == 1 and seq.num_output:
-                num_decodes += 1
-                kv_sum += (computed + 1) * attention[seq.tier]
-            else:
-                chunks.append((n, computed))
             budget -= n
             i += 1
+            if n == 1 and seq.num_output and computed + 1 == seq.num_tokens:
+                # a decode: it will sample its next token (not a recompute cut to 1 token)
+                tier = seq.tier
+                kv_sum += (computed + 1) * attention[tier]
+                if tier:
+                    loss += quality[tier]
+                num_decodes += 1
+                seq.num_computed = computed + 1
+                seq.num_tokens += 1
+                seq.num_output += 1
+                if seq.num_output >= seq.max_output:
+                    finished.append(seq)
+            else:
+                scheduled.append((seq, n))
+                chunks.append((n, computed))
+        self.stats.quality_loss += loss
         self._preempted = preempted
         if not preempted:
             if self.swapped:
                 self._swap_in_requests()
             if self.waiting and budget > 0:
                 budget = self._admit(scheduled, chunks, budget)
-        return scheduled, chunks, num_decodes, kv_sum
+        return scheduled, chunks, num_decodes, kv_sum, finished
 
     def _admit(self, scheduled, chunks, budget: int) -> int:
         """Admit waiting requests FCFS; the head that does not fit blocks the queue."""
@@ -233,12 +259,12 @@ class Engine(ActionsMixin):
             if context is not None and context.state == State.SWAPPED:
                 if not self._swap_in(context):
                     break  # its context is coming back from host memory first
-            hits = self._prefix_hits(seq)
+            hits, hit_cost = self._prefix_hits(seq)
             computed = len(hits) * bs
             n = min(seq.num_tokens - computed, budget)
             need = (computed + n + bs - 1) // bs - len(hits)
             units = UNITS_PER_BLOCK >> seq.tier
-            if need * units + pool.hit_cost_units(hits) > pool.allocatable_units:
+            if need * units + hit_cost > pool.allocatable_units:
                 break
             for block in hits:
                 pool.touch(block)
@@ -258,50 +284,68 @@ class Engine(ActionsMixin):
             budget -= n
         return budget
 
-    def _prefix_hits(self, seq: Sequence) -> list[Block]:
-        """Longest run of cached full blocks at the start of ``seq`` (vLLM get_computed_blocks)."""
+    def _prefix_hits(self, seq: Sequence) -> tuple[list[Block], int]:
+        """Longest run of cached full blocks at the start of ``seq`` (vLLM get_computed_blocks),
+        and the units that touching them takes from the allocatable space."""
         if not self.config.enable_prefix_caching or not (seq.shared_keys or seq.num_preemptions):
-            return []
-        lookup = self.pool.lookup
-        keys = seq.shared_keys
-        hits = []
+            return [], 0
+        memo = self._hits_memo
+        if memo is not None and memo[0] is seq and memo[1] == self.pool.version \
+                and memo[2] == seq.num_tokens:
+            return memo[3], memo[4]
+        hits, cost = self._lookup_hits(seq)
+        self._hits_memo = (seq, self.pool.version, seq.num_tokens, hits, cost)
+        return hits, cost
+
+    def _lookup_hits(self, seq: Sequence) -> tuple[list[Block], int]:
+        get = self.pool.cached.get
+        hits: list[Block] = []
+        cost = 0
         # at least the last token is always recomputed, so its logits can be sampled
-        for j in range((seq.num_tokens - 1) // self.config.block_size):
-            block = lookup(keys[j] if j < len(keys) else (seq.seq_id, j))
+        limit = (seq.num_tokens - 1) // self.config.block_size
+        keys = seq.shared_keys
+        for key in keys[:limit]:
+            block = get(key)
+            if block is None:
+                return hits, cost
+            hits.append(block)
+            if not block.ref:
+                cost += block.units
+        for j in range(len(keys), limit):  # a preempted request's own blocks
+            block = get((seq.seq_id, j))
             if block is None:
                 break
             hits.append(block)
-        return hits
+            if not block.ref:
+                cost += block.units
+        return hits, cost
 
-    def _update(self, scheduled) -> int:
-        """Advance computed tokens, sample tokens, finish requests; return tokens generated."""
+    def _update(self, scheduled, finished: list[Sequence]) -> int:
+        """Advance prefill chunks, sample their tokens, finish requests; return tokens made."""
         now = self.now
         quality = self._quality_cost
         generated = 0
-        any_finished = False
         for seq, n in scheduled:
-            computed = seq.num_computed + n
-            if computed <= seq.high_water:
-                self.stats.recomputed_tokens += n
-            elif seq.num_computed < seq.high_water:
-                self.stats.recomputed_tokens += seq.high_water - seq.num_computed
+            start = seq.num_computed
+            computed = start + n
+            if start < seq.high_water:  # recomputing what a preemption or eviction dropped
+                self.stats.recomputed_tokens += min(computed, seq.high_water) - start
             seq.num_computed = computed
-            if computed > seq.high_water:
-                seq.high_water = computed
-            seq.last_active_s = now
             if seq.num_registered < len(seq.shared_keys):
                 self._register(seq)
-            if computed >= seq.prompt_len + seq.num_output:
+            if computed >= seq.num_tokens:
                 seq.num_output += 1
+                seq.num_tokens += 1
                 generated += 1
                 if seq.tier:
                     self.stats.quality_loss += quality[seq.tier]
                 if seq.first_token_s < 0:
                     seq.first_token_s = now
                 if seq.num_output >= seq.max_output:
-                    self._finish(seq)
-                    any_finished = True
-        if any_finished:
+                    finished.append(seq)
+        if finished:
+            for seq in finished:
+                self._finish(seq)
             self.running = [s for s in self.running if s.state == State.RUNNING]
         return generated
 
@@ -322,6 +366,7 @@ class Engine(ActionsMixin):
                 cache(block, (seq.seq_id, j))  # its own blocks stay hit-able until evicted
         self.pool.free(reversed(seq.blocks))
         seq.blocks = []
+        seq.high_water = max(seq.high_water, seq.num_computed)
         seq.num_computed = 0
         seq.num_registered = 0
         seq.num_preemptions += 1
@@ -331,7 +376,11 @@ class Engine(ActionsMixin):
 
     def _reject_head(self) -> None:
         """Drop a queue head that can never be admitted (pinned KV fills the pool for good)."""
-        seq = self.waiting.popleft()
+        if self.waiting:
+            seq = self.waiting.popleft()
+        else:  # a swapped-out request that pinned KV keeps from ever coming back
+            seq = self.swapped.popleft()
+            self._drop_kv(seq)
         self.stats.rejected += 1
         seq.state = State.FINISHED
         self.live.pop(seq.seq_id, None)

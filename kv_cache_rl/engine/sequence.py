@@ -33,7 +33,7 @@ class Sequence:
         "num_computed", "blocks", "shared_keys", "num_registered", "tier", "arrival_s",
         "first_token_s", "finish_s", "last_active_s", "expires_s", "swapped_from",
         "num_preemptions", "recomputed_tokens", "num_kv_tokens", "session_id", "priority",
-        "high_water", "cpu_units", "cpu_keys", "evicted",
+        "high_water", "cpu_units", "cpu_keys", "evicted", "num_tokens",
     )
 
     def __init__(self, seq_id: int, req: TraceRequest | None, kind: str, prompt_len: int,
@@ -45,6 +45,7 @@ class Sequence:
         self.prompt_len = prompt_len
         self.max_output = max_output
         self.num_output = 0
+        self.num_tokens = prompt_len  # prompt + generated (vLLM Request.num_tokens), kept in step
         self.num_computed = 0  # tokens whose KV has been computed (vLLM num_computed_tokens)
         self.blocks: list[Block] = []
         self.shared_keys: list = []  # prefix-cache keys of the prompt's shareable full blocks
@@ -61,19 +62,14 @@ class Sequence:
         self.num_kv_tokens = 0  # retained holders: tokens their blocks hold
         self.session_id = req.session_id if req is not None else -1
         self.priority = req.priority if req is not None else 0
-        self.high_water = 0  # most tokens ever computed: what a recompute repeats
+        self.high_water = 0  # tokens computed before the last preemption: what recompute repeats
         self.cpu_units = 0  # units of this sequence's KV held in host memory
         self.cpu_keys: list = []  # (block index, cache key) to republish on swap-in
         self.evicted = 0  # times an agent dropped this sequence's KV
 
     @property
-    def num_tokens(self) -> int:
-        """Prompt plus generated tokens (vLLM ``Request.num_tokens``)."""
-        return self.prompt_len + self.num_output
-
-    @property
     def kv_tokens(self) -> int:
-        return self.num_kv_tokens if self.state == State.RETAINED else self.num_computed
+        return self.num_computed if self.kind == "generation" else self.num_kv_tokens
 
     @property
     def units(self) -> int:

@@ -1,0 +1,110 @@
+"""The ``kv-cache-rl`` command line. Subcommands import what they need lazily, so a replay
+process starts fast."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="Llama-3.1-8B", help="model name (case-insensitive)")
+    p.add_argument("--gpu", default="RTXPRO6000", help="GPU name (case-insensitive)")
+    p.add_argument("--num-gpu-blocks", type=int, help="override the KV pool size (16-token blocks)")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--no-prefix-caching", action="store_true")
+
+
+def _engine_config(args, profile):
+    from kv_cache_rl.config import EngineConfig
+
+    blocks = args.num_gpu_blocks or profile.num_gpu_blocks(
+        block_size=args.block_size, gpu_memory_utilization=args.gpu_memory_utilization)
+    return EngineConfig(num_gpu_blocks=blocks, block_size=args.block_size,
+                        max_num_seqs=args.max_num_seqs,
+                        max_num_batched_tokens=args.max_num_batched_tokens,
+                        enable_prefix_caching=not args.no_prefix_caching)
+
+
+def _cmd_replay(args) -> int:
+    from kv_cache_rl.profiles import load_profile
+    from kv_cache_rl.replay import replay, write_timeseries
+    from kv_cache_rl.traces import load_trace, scale_rate, window
+
+    profile = load_profile(args.model, args.gpu)
+    trace = load_trace(args.trace)
+    if args.start is not None or args.end is not None:
+        trace = window(trace, args.start or 0.0, args.end if args.end is not None else float("inf"))
+    if args.rate_scale != 1.0:
+        trace = scale_rate(trace, args.rate_scale)
+    config = _engine_config(args, profile)
+    result = replay(trace, profile, config, timeseries=args.timeseries is not None)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.summary, indent=2) + "\n")
+    if args.timeseries:
+        write_timeseries(result.timeseries, Path(args.timeseries))
+    _print_summary(result.summary, profile, config, args.trace)
+    return 0
+
+
+def _print_summary(summary: dict, profile, config, trace_name) -> None:
+    lines = [f"replay {trace_name}: {profile.model.name} on {profile.gpu.name}, "
+             f"{config.num_gpu_blocks} KV blocks x {config.block_size} tokens"]
+    for key in ("ttft_ms", "tpot_ms", "latency_ms"):
+        d = summary[key]
+        lines.append(f"  {key:<18} mean {d['mean']:>10.1f}  p50 {d['p50']:>10.1f}  "
+                     f"p90 {d['p90']:>10.1f}  p99 {d['p99']:>10.1f}")
+    for key in ("num_requests", "makespan_s", "preemptions", "recomputed_tokens", "peak_running",
+                "peak_waiting", "seconds_kv_ge_95", "kv_usage_mean", "wall_s"):
+        value = summary[key]
+        lines.append(f"  {key:<18} {value:.3f}" if isinstance(value, float)
+                     else f"  {key:<18} {value}")
+    print("\n".join(lines))
+
+
+def _cmd_calibrate(args) -> int:
+    from kv_cache_rl.calibrate import run
+
+    for path in run(Path(args.data), Path(args.out) if args.out else None):
+        print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kv-cache-rl", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("replay", help="replay a request trace with no agent (vLLM's behaviour)")
+    p.add_argument("trace", help="JSONL (arrival_s,input_toks,output_toks[,hash_ids]), "
+                                 "Azure 2023 CSV or Mooncake JSONL")
+    _add_engine_args(p)
+    p.add_argument("--start", type=float, help="window start, seconds into the trace")
+    p.add_argument("--end", type=float, help="window end, seconds into the trace")
+    p.add_argument("--rate-scale", type=float, default=1.0, help="multiply the arrival rate")
+    p.add_argument("--json", metavar="PATH", help="write the summary as JSON")
+    p.add_argument("--timeseries", metavar="PATH", help="write per-second CSV like vLLM's log")
+    p.set_defaults(func=_cmd_replay)
+
+    p = sub.add_parser("calibrate", help="derive the shipped calibration from raw measurements")
+    p.add_argument("--data", required=True, help="the raw data directory (../shared/data)")
+    p.add_argument("--out", help="output directory (default: the package's data/calibration)")
+    p.set_defaults(func=_cmd_calibrate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:  # bad names, files, arguments: no traceback
+        print(f"kv-cache-rl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

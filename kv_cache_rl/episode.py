@@ -1,0 +1,204 @@
+"""One episode played step by step: the single place where actions meet the simulator.
+
+Every adapter (policies, the Gymnasium env, both verifiers environments, the chat server)
+drives an :class:`Episode`, so they agree exactly: the same scenario and the same actions give
+the same observations and the same reward.
+
+Step contract: at most ``max_calls_per_step`` actions are applied in order, each checked against
+the current observation (only visible ids may be acted on); then :meth:`Episode.advance` serves
+``step_s`` seconds and returns the next observation. The episode ends after ``steps`` steps.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from kv_cache_rl.engine import ActionError, State
+from kv_cache_rl.observation import Observation, observe
+from kv_cache_rl.rubric import EpisodeRecord, score
+from kv_cache_rl.scenario import Scenario, make_scenario
+
+ACTION_KINDS = ("evict", "compress", "swap_to_cpu", "keep")
+MAX_CALLS_PER_STEP = 8
+
+
+class EpisodeError(ActionError):
+    """An action the episode refuses (not visible, over the cap, after the end, malformed)."""
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str
+    seq_id: int | None = None
+
+    def __str__(self) -> str:
+        return self.kind + "()" if self.seq_id is None else f"{self.kind}({self.seq_id})"
+
+
+class Episode:
+    """A scenario in play. Build with ``Episode(make_scenario("hard", 7))``."""
+
+    def __init__(self, scenario: Scenario, *, max_calls_per_step: int = MAX_CALLS_PER_STEP):
+        if max_calls_per_step < 1:
+            raise ValueError("max_calls_per_step must be >= 1")
+        self.scenario = scenario
+        self.max_calls_per_step = max_calls_per_step
+        self.engine = scenario.start()
+        self.step_index = 0
+        self.calls_this_step = 0
+        self.record = EpisodeRecord(scenario.difficulty, scenario.seed, scenario.steps,
+                                    reference_tokens=scenario.reference_tokens)
+        self.history: list[list[str]] = [[]]  # actions applied, per step
+        stats = self.engine.stats
+        self._start = (stats.generated_tokens, stats.quality_loss, stats.preemptions,
+                       stats.evicted_active, stats.swap_latency_s)
+        self._above = 0
+        self.observation = self._observe(len(self.engine.waiting))
+
+    @classmethod
+    def from_seed(cls, difficulty: str, seed: int, **kwargs) -> "Episode":
+        scenario_kw = {k: kwargs.pop(k) for k in ("steps", "step_s", "warmup_s", "trace_path")
+                       if k in kwargs}
+        return cls(make_scenario(difficulty, seed, **scenario_kw), **kwargs)
+
+    @property
+    def done(self) -> bool:
+        return self.step_index >= self.scenario.steps
+
+    def text(self) -> str:
+        return self.observation.text()
+
+    def _observe(self, last_pending: int) -> Observation:
+        return observe(self.engine, step=min(self.step_index, self.scenario.steps - 1),
+                       steps_total=self.scenario.steps, above=self._above,
+                       last_pending=last_pending)
+
+    # ---- actions ------------------------------------------------------------------------
+    def apply(self, action: Action) -> str:
+        """Apply one action; return a short result. Raises :class:`ActionError` if refused."""
+        if self.done:
+            raise EpisodeError("the episode is over; no more actions")
+        if action.kind not in ACTION_KINDS:
+            raise EpisodeError(f"unknown action {action.kind!r}; use one of "
+                               f"{', '.join(ACTION_KINDS)}")
+        if self.calls_this_step >= self.max_calls_per_step:
+            raise EpisodeError(f"at most {self.max_calls_per_step} actions per step; "
+                               "this one was not applied")
+        if action.kind == "keep":
+            self._applied(action)
+            return "ok: keep (no change)"
+        if action.seq_id is None or action.seq_id not in self.observation.visible:
+            raise EpisodeError(f"seq_id {action.seq_id} is not visible; act on one of "
+                               f"{sorted(self.observation.visible)}")
+        engine = self.engine
+        seq = engine.sequence(action.seq_id)
+        entry = self.observation.visible[action.seq_id]
+        if action.kind == "evict":
+            kind, tokens, session = seq.kind, seq.kv_tokens, seq.session_id
+            freed = engine.evict(action.seq_id)
+            self.record.evictions.append({
+                "kind": kind, "tokens": tokens, "session": session, "time_s": engine.now,
+                "risky": kind == "system" or entry.priority > 0
+                or (kind == "generation" and entry.progress > 0.5), "reused": False})
+            message = f"ok: evicted {action.seq_id} ({kind}), {freed} blocks freed"
+        elif action.kind == "compress":
+            units = engine.compress(action.seq_id)
+            message = (f"ok: compressed {action.seq_id} to {engine.profile.tiers[seq.tier].name}"
+                       f", {units / 4:g} blocks freed")
+        else:
+            seconds = engine.swap_to_cpu(action.seq_id)
+            message = f"ok: swapped {action.seq_id} to cpu ({1000 * seconds:.2f} ms on the link)"
+        self._applied(action)
+        return message
+
+    def _applied(self, action: Action) -> None:
+        self.calls_this_step += 1
+        self.record.actions += 1
+        self.history[-1].append(str(action))
+
+    def call(self, name: str, arguments: dict | str | None = None) -> str:
+        """Tool-call front end for language models: never raises, errors come back as text."""
+        try:
+            action = parse_call(name, arguments)
+            return self.apply(action)
+        except ActionError as exc:
+            self.record.invalid_actions += 1
+            return f"error: {exc}"
+
+    # ---- time ---------------------------------------------------------------------------
+    def advance(self) -> Observation:
+        """Serve one step; return the next observation."""
+        if self.done:
+            raise EpisodeError("the episode is over")
+        engine, stats, record = self.engine, self.engine.stats, self.record
+        before = stats.preemptions + stats.evicted_active
+        waiting_before = len(engine.waiting)
+        self.step_index += 1
+        engine.run_until(self.scenario.warmup_s + self.step_index * self.scenario.step_s)
+        usage = round(engine.pool.usage, 4)
+        record.step_usage.append(usage)
+        record.step_failures.append(stats.preemptions + stats.evicted_active - before)
+        if usage > 0.95:
+            self._above += 1
+        gen0, q0, p0, e0, s0 = self._start
+        record.tokens_served = (stats.generated_tokens - gen0) - (stats.quality_loss - q0)
+        record.preemptions = stats.preemptions - p0
+        record.evicted_active = stats.evicted_active - e0
+        record.swap_latency_s = stats.swap_latency_s - s0
+        self.calls_this_step = 0
+        if self.done:
+            self._settle_evictions()
+        else:
+            self.history.append([])
+        self.observation = self._observe(waiting_before)
+        return self.observation
+
+    def _settle_evictions(self) -> None:
+        """Decide, from what really came later in the window, which evictions lost value."""
+        requests = self.scenario.trace.requests
+        end = self.scenario.end_s
+        for e in self.record.evictions:
+            if e["kind"] == "generation":
+                e["reused"] = True  # an aborted request always recomputes
+            elif e["kind"] == "system":
+                e["reused"] = any(e["time_s"] < r.arrival_s <= end for r in requests)
+            elif e["kind"] == "context":
+                e["reused"] = any(r.session_id == e["session"] and e["time_s"] < r.arrival_s <= end
+                                  for r in requests)
+
+    def score(self) -> dict[str, float]:
+        """The rubric's values and the weighted reward (complete once :attr:`done`)."""
+        return score(self.record)
+
+    def live_ids(self) -> set[int]:
+        return {s.seq_id for s in self.engine.live.values() if s.state != State.WAITING}
+
+
+def parse_call(name: str, arguments: dict | str | None) -> Action:
+    """Validate a tool call's name and arguments (a dict or a JSON string)."""
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise EpisodeError(f"arguments are not valid JSON ({exc.msg})") from None
+    arguments = {} if arguments is None else arguments
+    if not isinstance(arguments, dict):
+        raise EpisodeError("arguments must be a JSON object")
+    if name not in ACTION_KINDS:
+        raise EpisodeError(f"unknown tool {name!r}; use one of {', '.join(ACTION_KINDS)}")
+    if name == "keep":
+        if arguments:
+            raise EpisodeError(f"keep takes no arguments, got {sorted(arguments)}")
+        return Action("keep")
+    extra = sorted(set(arguments) - {"seq_id"})
+    if extra:
+        raise EpisodeError(f"{name} takes only seq_id, got unexpected {extra}")
+    if "seq_id" not in arguments:
+        raise EpisodeError(f"{name} needs seq_id (an integer from visible_seq_ids)")
+    seq_id = arguments["seq_id"]
+    if isinstance(seq_id, str) and seq_id.strip().lstrip("-").isdigit():
+        seq_id = int(seq_id)
+    if isinstance(seq_id, bool) or not isinstance(seq_id, int):
+        raise EpisodeError(f"seq_id must be an integer, got {seq_id!r}")
+    return Action(name, seq_id)

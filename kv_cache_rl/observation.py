@@ -1,0 +1,155 @@
+"""What the agent sees: a compact summary of the cache, built only from what an operator could
+know now (sizes, kinds, precision, location, priority, progress, idle time), never the future.
+
+The same :class:`Observation` renders the text given to LLM agents (every adapter shows the
+same text) and the fixed-size arrays of the Gymnasium env.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from operator import attrgetter
+
+from kv_cache_rl.engine import UNITS_PER_BLOCK, Sequence, State
+
+TIER_NAMES = ("fp16", "int8", "int4")
+KIND_ORDER = ("system", "context", "generation", "reasoning", "ephemeral")
+# Base eviction value by kind (1.0 = safest to evict), after NVIDIA Dynamo's value classes:
+# reasoning tokens are dead once the turn closes, a sub-agent's KV dies after its turn,
+# a session's context comes back after a tool-call pause, a running request must recompute,
+# and every request reads the system prefix.
+KIND_VALUE = {"reasoning": 0.95, "ephemeral": 0.85, "context": 0.55, "generation": 0.15,
+              "system": 0.0}
+CONTEXT_PAUSE_S = 30.0  # tool-call pauses last 2-30 s (Dynamo): idle longer, less likely back
+TOP_K = 8  # entries listed per table
+_units = attrgetter("units")
+
+
+@dataclass(frozen=True)
+class Entry:
+    seq_id: int
+    kind: str
+    tokens: int
+    blocks: float  # fp16-equivalent GPU blocks it holds alone (what evicting it frees)
+    tier: int
+    on_cpu: bool
+    priority: int
+    progress: float  # generated / requested tokens (generation), else 1.0
+    idle_s: float
+    eviction_value: float
+
+    @property
+    def location(self) -> str:
+        return "cpu" if self.on_cpu else "gpu"
+
+
+def eviction_value(kind: str, priority: int, progress: float, idle_s: float) -> float:
+    """0.0 worst to evict ... 1.0 safest, from observable features only."""
+    value = KIND_VALUE[kind]
+    if kind == "context":
+        value += 0.3 * min(idle_s / CONTEXT_PAUSE_S, 1.0)
+    elif kind == "generation":
+        value *= 1.0 - progress  # nearly done: evicting wastes the most work
+    if priority > 0:
+        value *= 0.5
+    return round(min(max(value, 0.0), 1.0), 3)
+
+
+def make_entry(seq: Sequence, now: float) -> Entry:
+    if seq.state == State.SWAPPED:
+        own_units = 0
+    else:
+        own_units = sum(map(_units, seq.blocks))
+        if seq.kind != "system" and seq.req is not None and seq.req.system_toks:
+            # the system prefix is what requests share; evicting one of them does not free it
+            n_sys = seq.req.system_toks // 16
+            own_units -= sum(b.units for b in seq.blocks[:n_sys] if b.ref > 1)
+    progress = seq.num_output / seq.max_output if seq.kind == "generation" and seq.max_output \
+        else 1.0
+    if seq.state == State.RUNNING:
+        idle = 0.0
+    else:
+        idle = max(0.0, now - seq.last_active_s)
+    kind = seq.kind
+    return Entry(seq.seq_id, kind, seq.kv_tokens, own_units / UNITS_PER_BLOCK, seq.tier,
+                 seq.state == State.SWAPPED, seq.priority, round(progress, 3), round(idle, 1),
+                 eviction_value(kind, seq.priority, progress, idle))
+
+
+@dataclass(frozen=True)
+class Observation:
+    step: int
+    steps_total: int
+    memory_usage: float
+    memory_budget: int  # GPU KV blocks
+    time_above_0_95: int  # steps so far that ended with usage above 0.95
+    pending: int
+    pending_queue_growth: int
+    pending_tokens: int
+    oldest_wait_s: float
+    running: int
+    cpu_used_blocks: float
+    cpu_total_blocks: int
+    overview: dict  # kind -> (count, compressed, swapped)
+    top_memory: tuple[Entry, ...]
+    top_candidates: tuple[Entry, ...]
+
+    @property
+    def episode_remaining(self) -> int:
+        return self.steps_total - self.step
+
+    @property
+    def visible(self) -> dict[int, Entry]:
+        return {e.seq_id: e for e in self.top_memory + self.top_candidates}
+
+    def text(self) -> str:
+        """The observation as shown to language-model agents (well under 600 tokens)."""
+        ov = ", ".join(f"{k} {c}" + (f" ({z} compressed)" if z else "") +
+                       (f" ({s} on cpu)" if s else "") for k, (c, z, s) in self.overview.items()
+                       if c)
+        lines = [
+            f"step {self.step + 1}/{self.steps_total} | episode_remaining {self.episode_remaining}"
+            f" | memory_usage {self.memory_usage:.3f} | memory_budget {self.memory_budget} blocks"
+            f" | time_above_0_95 {self.time_above_0_95} | pending_queue_growth "
+            f"{self.pending_queue_growth:+d}",
+            f"pending_summary: {self.pending} waiting ({self.pending_tokens} tokens, oldest "
+            f"{self.oldest_wait_s:.1f}s) | running {self.running} | cpu swap "
+            f"{self.cpu_used_blocks:g}/{self.cpu_total_blocks} blocks",
+            f"cache_overview: {ov or 'empty'}",
+            "top_memory_entries (id kind tokens blocks tier loc prio progress idle_s value):",
+            *(_row(e) for e in self.top_memory),
+            "top_eviction_candidates (safest first, same columns):",
+            *(_row(e) for e in self.top_candidates),
+            f"visible_seq_ids: {sorted(self.visible)}",
+        ]
+        return "\n".join(lines)
+
+
+def _row(e: Entry) -> str:
+    return (f"  {e.seq_id} {e.kind} {e.tokens} {e.blocks:g} {TIER_NAMES[e.tier]} {e.location} "
+            f"{'high' if e.priority else 'normal'} {e.progress:.2f} {e.idle_s:g} "
+            f"{e.eviction_value:.2f}")
+
+
+def observe(engine, *, step: int, steps_total: int, above: int, last_pending: int) -> Observation:
+    """Summarise ``engine`` for an agent at the start of ``step``."""
+    now = engine.now
+    entries = [make_entry(s, now) for s in engine.cached_sequences()]
+    overview = {}
+    for kind in KIND_ORDER:
+        of_kind = [e for e in entries if e.kind == kind]
+        overview[kind] = (len(of_kind), sum(1 for e in of_kind if e.tier),
+                          sum(1 for e in of_kind if e.on_cpu))
+    top_memory = sorted(entries, key=lambda e: (-e.blocks, e.seq_id))[:TOP_K]
+    candidates = sorted(entries, key=lambda e: (-e.eviction_value, -e.blocks, e.seq_id))[:TOP_K]
+    waiting = engine.waiting
+    return Observation(
+        step=step, steps_total=steps_total, memory_usage=round(engine.pool.usage, 4),
+        memory_budget=engine.config.num_gpu_blocks, time_above_0_95=above,
+        pending=len(waiting), pending_queue_growth=len(waiting) - last_pending,
+        pending_tokens=sum(s.num_tokens for s in waiting),
+        oldest_wait_s=round(max((now - s.arrival_s for s in waiting), default=0.0), 1),
+        running=len(engine.running),
+        cpu_used_blocks=(engine.cpu_total_units - engine.cpu_free_units) / UNITS_PER_BLOCK,
+        cpu_total_blocks=engine.config.num_cpu_blocks, overview=overview,
+        top_memory=tuple(top_memory), top_candidates=tuple(candidates))

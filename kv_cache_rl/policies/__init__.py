@@ -1,0 +1,31 @@
+"""Baseline policies, one per module, in a plain registry."""
+
+from kv_cache_rl.policies.base import Policy, PressurePolicy
+from kv_cache_rl.policies.compress_first import CompressFirstPolicy
+from kv_cache_rl.policies.fifo import FIFOPolicy
+from kv_cache_rl.policies.hybrid import HybridPolicy
+from kv_cache_rl.policies.keep import KeepPolicy
+from kv_cache_rl.policies.largest_first import LargestFirstPolicy
+from kv_cache_rl.policies.lru import LRUPolicy
+from kv_cache_rl.policies.random_policy import RandomPolicy
+from kv_cache_rl.policies.sliding_window import SlidingWindowPolicy
+from kv_cache_rl.policies.swap_first import SwapFirstPolicy
+from kv_cache_rl.policies.value_greedy import ValueGreedyPolicy
+
+POLICIES: dict[str, type[Policy]] = {
+    cls.name: cls
+    for cls in (KeepPolicy, RandomPolicy, LRUPolicy, FIFOPolicy, LargestFirstPolicy,
+                ValueGreedyPolicy, CompressFirstPolicy, SwapFirstPolicy, HybridPolicy,
+                SlidingWindowPolicy)
+}
+
+
+def make_policy(name: str) -> Policy:
+    """A fresh policy by registry name."""
+    try:
+        return POLICIES[name]()
+    except KeyError:
+        raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}") from None
+
+
+__all__ = ["POLICIES", "Policy", "PressurePolicy", "make_policy"]

@@ -1,0 +1,64 @@
+"""Policies map an observation to the actions of one step.
+
+Subclass :class:`Policy` and implement ``act``; or subclass :class:`PressurePolicy` and
+implement only ``score`` (which entries to relieve first) and optionally ``action_for``
+(what to do with each). Only ``lookahead`` sees the simulator (``sees_future = True``);
+every other policy acts on the observation alone, as an LLM agent must.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from kv_cache_rl.episode import Action
+from kv_cache_rl.observation import Entry, Observation
+
+
+class Policy:
+    name: ClassVar[str] = ""
+    sees_future: ClassVar[bool] = False
+
+    def reset(self, seed: int) -> None:
+        """Start a new episode (policies with randomness seed their own generator here)."""
+
+    def act(self, obs: Observation, episode=None) -> list[Action]:
+        raise NotImplementedError
+
+
+class PressurePolicy(Policy):
+    """Relieve pressure when usage crosses ``trigger``: act on the highest-``score`` entries
+    until the projected usage is below ``target`` or ``max_actions`` were taken."""
+
+    trigger: ClassVar[float] = 0.90
+    target: ClassVar[float] = 0.80
+    max_actions: ClassVar[int] = 6
+
+    def score(self, entry: Entry, obs: Observation) -> float | None:
+        """Higher = relieve first; ``None`` = leave alone."""
+        raise NotImplementedError
+
+    def action_for(self, entry: Entry, obs: Observation) -> tuple[str, float]:
+        """The action for ``entry`` and the blocks it is expected to free (default: evict)."""
+        return "evict", entry.blocks
+
+    def under_pressure(self, obs: Observation) -> bool:
+        return obs.memory_usage >= self.trigger or (
+            obs.pending_queue_growth > 0 and obs.memory_usage >= self.target)
+
+    def act(self, obs: Observation, episode=None) -> list[Action]:
+        if not self.under_pressure(obs):
+            return []
+        to_free = (obs.memory_usage - self.target) * obs.memory_budget
+        scored = [(s, e) for e in obs.visible.values()
+                  if not e.on_cpu and e.blocks > 0 and (s := self.score(e, obs)) is not None]
+        scored.sort(key=lambda se: (-se[0], se[1].seq_id))
+        actions = []
+        for _, entry in scored:
+            if to_free <= 0 or len(actions) >= self.max_actions:
+                break
+            kind, freed = self.action_for(entry, obs)
+            if kind == "keep":
+                continue
+            actions.append(Action(kind, entry.seq_id))
+            to_free -= freed
+        return actions

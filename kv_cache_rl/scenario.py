@@ -1,0 +1,145 @@
+"""Scenarios and episodes: a window of a trace served under KV pressure, decided step by step.
+
+A scenario is fully determined by ``(difficulty, seed)`` (plus optional overrides): which
+workload, how fast it arrives, how much KV memory the card has. An episode starts warm: the
+engine first serves ``warmup_s`` of the trace with no agent, so the cache is loaded at step 1.
+Each of the ``steps`` decision steps is ``step_s`` seconds of serving: one second is about 30
+decode iterations of Llama-3.1-8B, long enough for a decision to show in the queue and short
+enough that memory can fill between two decisions (a request grows a block every 16 tokens).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from kv_cache_rl.config import EngineConfig, Trace
+from kv_cache_rl.engine import UNITS_PER_BLOCK, Engine
+
+DIFFICULTIES = ("easy", "medium", "hard")
+MODEL, GPU = "Llama-3.1-8B", "RTX4090"  # a 24 GB card: the place where KV memory binds
+RETENTION_S = 45.0  # Dynamo keeps an agentic session's context 45 s (domain notes)
+SWAP_SPACE_BYTES = 4 << 30  # vLLM's default swap_space: 4 GiB of host memory per GPU
+
+
+@dataclass(frozen=True)
+class Tier:
+    """A difficulty: KV memory as a fraction of the window's peak demand, and the load."""
+
+    memory: tuple[float, float]
+    workloads: tuple[str, ...]
+    requests_per_s: tuple[float, float]  # mean request rate (session turns and sub-agents)
+
+
+TIERS = {
+    "easy": Tier((0.90, 1.00), ("azure_conv", "mooncake_conversation"), (0.25, 0.45)),
+    "medium": Tier((0.75, 0.90), ("azure_conv", "mooncake_conversation", "mooncake_synthetic"),
+                   (0.40, 0.65)),
+    "hard": Tier((0.65, 0.80), ("azure_code", "mooncake_synthetic"), (0.55, 0.85)),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scenario:
+    """Everything that fixes an episode. Build with :func:`make_scenario`."""
+
+    difficulty: str
+    seed: int
+    steps: int = 15
+    step_s: float = 1.0
+    warmup_s: float = 20.0
+    workload: str = ""
+    requests_per_s: float = 0.0
+    memory_fraction: float = 1.0
+    model: str = MODEL
+    gpu: str = GPU
+    trace: Trace = field(repr=False, compare=False, default=None)
+    config: EngineConfig = field(repr=False, compare=False, default=None)
+    reference_tokens: float = 0.0  # tokens the window yields with unlimited KV memory
+    peak_blocks: int = 0  # the window's peak KV demand with unlimited memory
+
+    @property
+    def end_s(self) -> float:
+        return self.warmup_s + self.steps * self.step_s
+
+    @functools.cached_property
+    def profile(self):
+        from kv_cache_rl.profiles import load_profile
+
+        return load_profile(self.model, self.gpu)
+
+    @functools.cached_property
+    def _warm(self) -> Engine:
+        engine = Engine(self.config, self.profile, self.trace)
+        engine.run_until(self.warmup_s)
+        return engine
+
+    def start(self) -> Engine:
+        """A fresh engine at the start of step 1 (a copy of the cached warm-up)."""
+        return self._warm.clone()
+
+
+def _engine_config(profile, num_gpu_blocks: int) -> EngineConfig:
+    swap_blocks = SWAP_SPACE_BYTES // (profile.model.kv_bytes_per_token * 16)
+    return EngineConfig(num_gpu_blocks=num_gpu_blocks, num_cpu_blocks=swap_blocks,
+                        retention_s=RETENTION_S, max_num_seqs=256, max_num_batched_tokens=2048)
+
+
+def _reference(profile, trace: Trace, warmup_s: float, end_s: float, step_s: float):
+    """Serve the window with unlimited memory: its peak KV demand and tokens generated."""
+    unlimited = Engine(_engine_config(profile, 1 << 22), profile, trace)
+    unlimited.run_until(warmup_s)
+    start_tokens = unlimited.stats.generated_tokens
+    peak = 0
+    t = warmup_s
+    while t < end_s - 1e-9:
+        t += step_s
+        while unlimited.now < t:
+            if unlimited.step() == 0.0:
+                nxt = unlimited.next_event_s()
+                unlimited._idle_until(t if nxt is None else min(max(nxt, unlimited.now), t))
+            peak = max(peak, unlimited.pool.used_units)
+    tokens = unlimited.stats.generated_tokens - start_tokens
+    return math.ceil(peak / UNITS_PER_BLOCK), float(tokens)
+
+
+@functools.lru_cache(maxsize=256)
+def make_scenario(difficulty: str, seed: int, *, steps: int = 15, step_s: float = 1.0,
+                  warmup_s: float = 20.0, trace_path: str | None = None) -> Scenario:
+    """The scenario of ``(difficulty, seed)``: deterministic, cached."""
+    if difficulty not in TIERS:
+        raise ValueError(f"unknown difficulty {difficulty!r}; choose from {', '.join(TIERS)}")
+    if steps < 1 or step_s <= 0 or warmup_s < 0:
+        raise ValueError("steps >= 1, step_s > 0 and warmup_s >= 0 are required")
+    tier = TIERS[difficulty]
+    rng = np.random.default_rng([seed, DIFFICULTIES.index(difficulty)])
+    base = Scenario(difficulty=difficulty, seed=seed, steps=steps, step_s=step_s,
+                    warmup_s=warmup_s)
+    horizon = base.end_s + RETENTION_S  # later turns decide whether an eviction was a loss
+    if trace_path is None:
+        from kv_cache_rl.workloads import generate
+
+        from kv_cache_rl.workloads import load_profile as load_workload
+
+        workload = tier.workloads[int(rng.integers(len(tier.workloads)))]
+        rate = float(rng.uniform(*tier.requests_per_s))
+        scale = rate / load_workload(workload)["mean_rate_rps"]
+        trace = generate(workload, duration_s=horizon, rate_scale=scale, rng=rng, agentic=True)
+    else:
+        from kv_cache_rl.traces import load_trace, window
+
+        full = load_trace(trace_path)
+        workload, rate = trace_path, 0.0
+        latest = max(full.duration_s - horizon, 0.0)
+        start = float(rng.uniform(0.0, latest)) if latest > 0 else 0.0
+        trace = window(full, start, start + horizon)
+    fraction = float(rng.uniform(*tier.memory))
+    profile = base.profile
+    peak, reference = _reference(profile, trace, warmup_s, base.end_s, step_s)
+    blocks = max(64, math.ceil(fraction * peak))
+    return replace(base, workload=workload, requests_per_s=rate, memory_fraction=fraction,
+                   trace=trace, config=_engine_config(profile, blocks),
+                   reference_tokens=reference, peak_blocks=peak)
