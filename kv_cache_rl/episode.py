@@ -11,10 +11,11 @@ the current observation (only visible ids may be acted on); then :meth:`Episode.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 
-from kv_cache_rl.engine import ActionError, State
+from kv_cache_rl.engine import ActionError
 from kv_cache_rl.observation import Observation, observe
 from kv_cache_rl.rubric import EpisodeRecord, score
 from kv_cache_rl.scenario import Scenario, make_scenario
@@ -50,6 +51,7 @@ class Episode:
         self.record = EpisodeRecord(scenario.difficulty, scenario.seed, scenario.steps,
                                     reference_tokens=scenario.reference_tokens)
         self.history: list[list[str]] = [[]]  # actions applied, per step
+        self.calls: list[list[list]] = [[]]  # every call received, per step: [name, arguments]
         stats = self.engine.stats
         self._start = (stats.generated_tokens, stats.quality_loss, stats.preemptions,
                        stats.evicted_active, stats.swap_latency_s)
@@ -119,6 +121,7 @@ class Episode:
 
     def call(self, name: str, arguments: dict | str | None = None) -> str:
         """Tool-call front end for language models: never raises, errors come back as text."""
+        self.calls[-1].append([name, arguments])
         try:
             action = parse_call(name, arguments)
             return self.apply(action)
@@ -151,6 +154,7 @@ class Episode:
             self._settle_evictions()
         else:
             self.history.append([])
+            self.calls.append([])
         self.observation = self._observe(waiting_before)
         return self.observation
 
@@ -171,8 +175,36 @@ class Episode:
         """The rubric's values and the weighted reward (complete once :attr:`done`)."""
         return score(self.record)
 
-    def live_ids(self) -> set[int]:
-        return {s.seq_id for s in self.engine.live.values() if s.state != State.WAITING}
+    def clone(self) -> "Episode":
+        """An independent copy of the episode in its current state (for planning)."""
+        new = copy.copy(self)
+        new.engine = self.engine.clone()
+        new.record = EpisodeRecord.from_dict(copy.deepcopy(self.record.to_dict()))
+        new.history = [list(h) for h in self.history]
+        new.calls = [list(c) for c in self.calls]
+        return new
+
+    # ---- plain-data state (for out-of-process tools) -------------------------------------
+    def state_dict(self) -> dict:
+        """Everything needed to rebuild this episode exactly: the scenario and every call."""
+        sc = self.scenario
+        return {"difficulty": sc.difficulty, "seed": sc.seed, "steps": sc.steps,
+                "step_s": sc.step_s, "warmup_s": sc.warmup_s,
+                "max_calls_per_step": self.max_calls_per_step,
+                "calls": copy.deepcopy(self.calls), "step_index": self.step_index}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Episode":
+        """Rebuild an episode by replaying its calls on its (cached, deterministic) scenario."""
+        episode = cls(make_scenario(state["difficulty"], state["seed"], steps=state["steps"],
+                                    step_s=state["step_s"], warmup_s=state["warmup_s"]),
+                      max_calls_per_step=state["max_calls_per_step"])
+        for k, calls in enumerate(state["calls"]):
+            for name, arguments in calls:
+                episode.call(name, arguments)
+            if k < state["step_index"]:
+                episode.advance()
+        return episode
 
 
 def parse_call(name: str, arguments: dict | str | None) -> Action:

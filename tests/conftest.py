@@ -8,7 +8,6 @@ The real cost model (``kv_cache_rl.profiles``) is not needed here: the engine on
 
 from __future__ import annotations
 
-import math
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -62,6 +61,40 @@ def profile() -> StandInProfile:
 # ---- traces ----------------------------------------------------------------------------------
 
 
+def build_trace(rows, *, hash_block_tokens: int = 16, system_toks: int = 0) -> Trace:
+    """A trace from ``(gap_s, input, output, chain, shared, session, reasoning, ephemeral)``
+    rows (hypothesis draws them). ``chain`` >= 0 shares the first ``shared`` full blocks of a
+    common prefix chain; ``session`` >= 0 makes the row a turn of that session, whose prompt
+    extends the session's previous turn and starts with the shared system prompt."""
+    hbt = hash_block_tokens
+    system_ids = [900_000 + j for j in range(system_toks // hbt)]
+    sessions: dict[int, list[int]] = {}
+    next_id = 10**6
+    t = 0.0
+    reqs = []
+    for i, (gap, inp, out, chain, shared, session, reasoning, ephemeral) in enumerate(rows):
+        t += gap
+        fields: dict = {}
+        if session >= 0:
+            prev = sessions.get(session, system_ids)
+            inp = max(inp, system_toks, len(prev) * hbt + 1)
+            n_full = inp // hbt
+            ids = list(prev[:n_full]) + list(range(next_id, next_id + n_full - len(prev)))
+            next_id += n_full
+            sessions[session] = ids
+            fields.update(session_id=session, system_toks=system_toks, hash_ids=tuple(ids),
+                          reasoning_toks=min(reasoning, out), ephemeral=ephemeral)
+        elif chain >= 0:
+            n_full = inp // hbt
+            k = min(shared, n_full)
+            ids = [1000 * (chain + 1) + j for j in range(k)]
+            ids += range(next_id, next_id + n_full - k)
+            next_id += n_full
+            fields["hash_ids"] = tuple(ids)
+        reqs.append(TraceRequest(round(t, 6), inp, out, request_id=f"r{i}", **fields))
+    return Trace(tuple(reqs), hash_block_tokens=hbt, source="hypothesis")
+
+
 def random_trace(seed: int, n: int = 20, *, max_input: int = 600, max_output: int = 64,
                  rate: float = 20.0, shared_prefix: bool = False, hash_block_tokens: int = 16,
                  sessions: int = 0, system_toks: int = 0, reasoning: bool = False,
@@ -77,6 +110,7 @@ def random_trace(seed: int, n: int = 20, *, max_input: int = 600, max_output: in
     rng = random.Random(seed)
     t = 0.0
     chains = [[1000 * (c + 1) + j for j in range(64)] for c in range(3)]
+    system_ids = [900_000 + j for j in range(system_toks // hash_block_tokens)]
     session_ids: dict[int, list[int]] = {}
     next_id = 10**6
     reqs = []
@@ -88,7 +122,7 @@ def random_trace(seed: int, n: int = 20, *, max_input: int = 600, max_output: in
         n_full = inp // hash_block_tokens
         if sessions:
             sid = rng.randrange(sessions)
-            prev = session_ids.get(sid, [])
+            prev = session_ids.get(sid, system_ids)  # every session shares the system ids
             inp = max(inp, system_toks, len(prev) * hash_block_tokens + 1)
             n_full = inp // hash_block_tokens
             ids = list(prev[:n_full])
@@ -246,9 +280,12 @@ class Tracker:
             return orig_time(chunks, num_decodes, kv_sum)
 
         def hits(seq):
-            found = orig_hits(seq)
+            result = orig_hits(seq)  # (hits, units their touch costs) or just the hits
+            found = result[0] if isinstance(result, tuple) else result
+            if isinstance(result, tuple):
+                assert result[1] == engine.pool.hit_cost_units(found), "stale hit cost"
             self._pending_hits[seq.seq_id] = (seq, len(found) * bs, seq.high_water)
-            return found
+            return result
 
         engine._iteration_time_s = timed
         engine._prefix_hits = hits
@@ -402,5 +439,5 @@ def new_engine(profile):
     return make
 
 
-__all__ = ["ActionError", "Tracker", "check_invariants", "drive", "random_trace", "snapshot",
-           "PROFILE", "math"]
+__all__ = ["ActionError", "PROFILE", "Tracker", "build_trace", "check_invariants", "drive",
+           "random_trace", "snapshot"]

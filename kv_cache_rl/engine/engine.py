@@ -121,6 +121,8 @@ class Engine(ActionsMixin):
                 break
             if self._preempted:
                 continue  # every running request was preempted: admit again at once
+            if self._reclaim_pinned():
+                continue  # a stall: pinned KV gave way to the queue head
             if self.next_event_s() is not None:
                 return 0.0
             self._reject_head()  # nothing will ever free room for it
@@ -373,6 +375,21 @@ class Engine(ActionsMixin):
         seq.state = State.WAITING
         self.waiting.appendleft(seq)
         self.stats.preemptions += 1
+
+    def _reclaim_pinned(self) -> bool:
+        """Nothing runs and the queue head does not fit: release the least recently used
+        retained KV (the system prefix last). Retention is best-effort, as in Dynamo's
+        priority eviction; a server never idles on pinned memory with work waiting."""
+        if not self.waiting:
+            return False
+        holders = [s for s in self.live.values()
+                   if s.state in (State.RETAINED, State.SWAPPED) and s.kind != "generation"]
+        if not holders:
+            return False
+        victim = min(holders, key=lambda s: (s.kind == "system", s.last_active_s, s.seq_id))
+        self._release(victim)
+        self.stats.forced_releases += 1
+        return True
 
     def _reject_head(self) -> None:
         """Drop a queue head that can never be admitted (pinned KV fills the pool for good)."""

@@ -18,6 +18,7 @@ class EngineStats:
     preemptions: int = 0  # engine preemptions (out of blocks)
     evicted_active: int = 0  # running/swapped requests whose KV an agent dropped
     rejected: int = 0  # requests that could never fit
+    forced_releases: int = 0  # retained KV the engine released early because nothing could run
     swap_out_bytes: int = 0
     swap_in_bytes: int = 0
     swap_latency_s: float = 0.0  # host-link time spent by swaps, stalling the engine

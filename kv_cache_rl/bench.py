@@ -1,0 +1,166 @@
+"""``kv-cache-rl bench``: every policy on the same episodes, a leaderboard per difficulty.
+
+Episode ``i`` of a run with ``--seed S`` is scenario ``(difficulty, S + i)`` for every policy,
+so policies are compared on identical episodes. The JSON holds no timings except under
+``"timing"``, so two runs with the same arguments give identical ``"results"``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from kv_cache_rl.episode import Episode
+from kv_cache_rl.policies import POLICIES, make_policy
+from kv_cache_rl.rubric import RUBRIC
+from kv_cache_rl.runner import play
+from kv_cache_rl.scenario import DIFFICULTIES, make_scenario
+
+DEFAULT_POLICIES = tuple(POLICIES)
+COMPONENTS = tuple(fn.__name__ for fn, _ in RUBRIC)
+
+
+@dataclass
+class Cell:
+    """One policy on one difficulty: per-episode scores."""
+
+    policy: str
+    difficulty: str
+    scores: list[dict] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    usage_trace: list[float] = field(default_factory=list)  # memory usage per step, episode 0
+
+    def mean(self, key: str) -> float:
+        return sum(s[key] for s in self.scores) / len(self.scores)
+
+    def std(self, key: str) -> float:
+        n = len(self.scores)
+        if n < 2:
+            return 0.0
+        m = self.mean(key)
+        return math.sqrt(sum((s[key] - m) ** 2 for s in self.scores) / (n - 1))
+
+    def ci95(self, key: str = "reward") -> float:
+        """Half-width of the normal-approximation 95% interval of the mean."""
+        return 1.96 * self.std(key) / math.sqrt(len(self.scores)) if self.scores else 0.0
+
+
+def run(difficulties=DIFFICULTIES, episodes: int = 5, seed: int = 0,
+        policies=DEFAULT_POLICIES, *, steps: int = 15, progress=None) -> list[Cell]:
+    """Play every policy on ``episodes`` scenarios of each difficulty."""
+    for name in policies:
+        if name not in POLICIES:
+            raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")
+    cells = []
+    for difficulty in difficulties:
+        for name in policies:
+            cell = Cell(name, difficulty)
+            for i in range(episodes):
+                scenario = make_scenario(difficulty, seed + i, steps=steps)
+                start = time.perf_counter()
+                episode: Episode = play(scenario, make_policy(name))
+                cell.seconds.append(time.perf_counter() - start)
+                cell.scores.append(episode.score())
+                if i == 0:
+                    cell.usage_trace = list(episode.record.step_usage)
+                if progress is not None:
+                    progress()
+            cells.append(cell)
+    return cells
+
+
+def normalized(cells: list[Cell], cell: Cell) -> float | None:
+    """(policy - keep) / (lookahead - keep) on the same difficulty, when both were run."""
+    ref = {c.policy: c.mean("reward") for c in cells if c.difficulty == cell.difficulty}
+    if "keep" not in ref or "lookahead" not in ref or ref["lookahead"] - ref["keep"] <= 1e-9:
+        return None
+    return (cell.mean("reward") - ref["keep"]) / (ref["lookahead"] - ref["keep"])
+
+
+def to_json(cells: list[Cell], *, seed: int, episodes: int) -> dict:
+    results = []
+    for c in cells:
+        norm = normalized(cells, c)
+        results.append({
+            "policy": c.policy, "difficulty": c.difficulty, "episodes": len(c.scores),
+            "reward_mean": round(c.mean("reward"), 6), "reward_std": round(c.std("reward"), 6),
+            "reward_ci95": round(c.ci95(), 6),
+            "normalized_score": None if norm is None else round(norm, 6),
+            "components": {k: round(c.mean(k), 6) for k in COMPONENTS},
+        })
+    timing = {f"{c.policy}/{c.difficulty}": {"ms_per_episode_mean":
+                                             round(1000 * sum(c.seconds) / len(c.seconds), 3),
+                                             "ms_per_episode_max": round(1000 * max(c.seconds), 3)}
+              for c in cells}
+    return {"seed": seed, "episodes": episodes, "results": results, "timing": timing}
+
+
+def print_leaderboard(cells: list[Cell], console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    for difficulty in dict.fromkeys(c.difficulty for c in cells):
+        rows = sorted((c for c in cells if c.difficulty == difficulty),
+                      key=lambda c: -c.mean("reward"))
+        table = Table(title=f"{difficulty} ({len(rows[0].scores)} episodes)", title_justify="left")
+        for col in ("policy", "reward (95% CI)", "failures", "throughput", "headroom",
+                    "swap s", "normalised", "ms/ep"):
+            table.add_column(col, justify="left" if col == "policy" else "right")
+        for c in rows:
+            norm = normalized(cells, c)
+            label = c.policy + (" (sees future)" if POLICIES[c.policy].sees_future else "")
+            table.add_row(label, f"{c.mean('reward'):+.3f} ± {c.ci95():.3f}",
+                          f"{c.mean('total_failures_metric'):.1f}",
+                          f"{c.mean('throughput_reward'):.2f}",
+                          f"{c.mean('headroom_bonus'):+.2f}",
+                          f"{c.mean('total_latency_metric'):.3f}",
+                          "-" if norm is None else f"{norm:+.2f}",
+                          f"{1000 * sum(c.seconds) / len(c.seconds):.0f}")
+        console.print(table)
+
+
+def plot(cells: list[Cell], out_dir) -> list:
+    """leaderboard.png (reward by policy and difficulty) and memory_<difficulty>.png."""
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    difficulties = list(dict.fromkeys(c.difficulty for c in cells))
+    policies = list(dict.fromkeys(c.policy for c in cells))
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(policies)), 4))
+    width = 0.8 / len(difficulties)
+    for k, d in enumerate(difficulties):
+        cs = {c.policy: c for c in cells if c.difficulty == d}
+        xs = [i + k * width for i in range(len(policies))]
+        ax.bar(xs, [cs[p].mean("reward") for p in policies], width,
+               yerr=[cs[p].ci95() for p in policies], label=d, capsize=2)
+    ax.set_xticks([i + width * (len(difficulties) - 1) / 2 for i in range(len(policies))])
+    ax.set_xticklabels(policies, rotation=30, ha="right")
+    ax.set_ylabel("episode reward (mean, 95% CI)")
+    ax.axhline(0, color="black", linewidth=0.5)
+    ax.legend()
+    fig.tight_layout()
+    paths = [out / "leaderboard.png"]
+    fig.savefig(paths[0], dpi=120)
+    plt.close(fig)
+    for d in difficulties:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for c in (c for c in cells if c.difficulty == d):
+            ax.plot(range(1, len(c.usage_trace) + 1), c.usage_trace, marker=".", label=c.policy)
+        ax.axhline(0.95, color="red", linestyle="--", linewidth=0.8)
+        ax.set_xlabel("step")
+        ax.set_ylabel("KV memory usage at step end")
+        ax.set_title(f"{d}: memory usage over episode 0")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        paths.append(out / f"memory_{d}.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths
