@@ -75,6 +75,44 @@ def _cmd_calibrate(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from kv_cache_rl import bench
+    from kv_cache_rl.scenario import DIFFICULTIES
+
+    difficulties = DIFFICULTIES if args.difficulty == "all" else (args.difficulty,)
+    policies = tuple(p.strip() for p in args.policies.split(",")) if args.policies \
+        else bench.DEFAULT_POLICIES
+    if args.episodes < 1:
+        raise ValueError("--episodes must be >= 1")
+    console = Console(width=max(100, Console().width))
+    total = len(difficulties) * len(policies) * args.episodes
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("episodes", total=total)
+        cells = bench.run(difficulties, args.episodes, args.seed, policies, steps=args.steps,
+                          progress=lambda: progress.advance(task))
+    bench.print_leaderboard(cells, console)
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            bench.to_json(cells, seed=args.seed, episodes=args.episodes), indent=2) + "\n")
+        console.print(f"wrote {args.json}")
+    if args.plot:
+        for path in bench.plot(cells, args.plot):
+            console.print(f"wrote {path}")
+    return 0
+
+
+def _cmd_serve(args) -> int:
+    from kv_cache_rl.episode import MAX_CALLS_PER_STEP
+    from kv_cache_rl.serve import DEFAULT_POLICY, serve
+
+    serve(args.policy or DEFAULT_POLICY, host=args.host, port=args.port,
+          max_calls=args.max_calls or MAX_CALLS_PER_STEP)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kv-cache-rl", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,6 +128,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeseries", metavar="PATH", help="write per-second CSV like vLLM's log")
     p.set_defaults(func=_cmd_replay)
 
+    p = sub.add_parser("bench", help="run baseline policies on the same episodes: leaderboard")
+    p.add_argument("--difficulty", default="all", choices=("easy", "medium", "hard", "all"))
+    p.add_argument("--episodes", type=int, default=3, help="episodes per policy and difficulty")
+    p.add_argument("--seed", type=int, default=0, help="episode i uses scenario seed S + i")
+    p.add_argument("--policies", help="comma-separated registry names (default: all)")
+    p.add_argument("--steps", type=int, default=15, help="decision steps per episode")
+    p.add_argument("--json", metavar="PATH", help="write results as JSON")
+    p.add_argument("--plot", metavar="DIR", help="write leaderboard and memory-usage PNGs")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible chat server that plays a built-in policy "
+                                     "(evaluate the verifiers environment with no API key)")
+    p.add_argument("--policy", default=None,
+                   help="registry name of a policy that acts from the observation text "
+                        "(default: the best heuristic, kv_cache_rl.serve.DEFAULT_POLICY)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-calls", type=int, default=None,
+                   help="at most this many tool calls per assistant message (default: "
+                        "the episode's cap, kv_cache_rl.episode.MAX_CALLS_PER_STEP)")
+    p.set_defaults(func=_cmd_serve)
+
     p = sub.add_parser("calibrate", help="derive the shipped calibration from raw measurements")
     p.add_argument("--data", required=True, help="the raw data directory (../shared/data)")
     p.add_argument("--out", help="output directory (default: the package's data/calibration)")
@@ -98,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(["bench"] if argv == [] else argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as exc:  # bad names, files, arguments: no traceback

@@ -55,15 +55,23 @@ def eviction_value(kind: str, priority: int, progress: float, idle_s: float) -> 
     return round(min(max(value, 0.0), 1.0), 3)
 
 
+def _own_units(seq: Sequence) -> int:
+    """Units this sequence would free if evicted: all its blocks except the system prefix,
+    which every request shares (memoised per sequence while its blocks and tier are unchanged).
+    """
+    key = (len(seq.blocks), seq.tier, seq.state)
+    memo = seq._obs_memo
+    if memo is not None and memo[0] == key:
+        return memo[1]
+    units = sum(map(_units, seq.blocks))
+    if seq.kind != "system" and seq.req is not None and seq.req.system_toks:
+        units -= sum(map(_units, seq.blocks[: seq.req.system_toks // 16]))
+    seq._obs_memo = (key, units)
+    return units
+
+
 def make_entry(seq: Sequence, now: float) -> Entry:
-    if seq.state == State.SWAPPED:
-        own_units = 0
-    else:
-        own_units = sum(map(_units, seq.blocks))
-        if seq.kind != "system" and seq.req is not None and seq.req.system_toks:
-            # the system prefix is what requests share; evicting one of them does not free it
-            n_sys = seq.req.system_toks // 16
-            own_units -= sum(b.units for b in seq.blocks[:n_sys] if b.ref > 1)
+    own_units = 0 if seq.state == State.SWAPPED else _own_units(seq)
     progress = seq.num_output / seq.max_output if seq.kind == "generation" and seq.max_output \
         else 1.0
     if seq.state == State.RUNNING:
@@ -102,19 +110,28 @@ class Observation:
     def visible(self) -> dict[int, Entry]:
         return {e.seq_id: e for e in self.top_memory + self.top_candidates}
 
+    @classmethod
+    def from_text(cls, text: str) -> "Observation":
+        """Rebuild an observation from :meth:`text` exactly (see :mod:`kv_cache_rl.obs_text`)."""
+        from kv_cache_rl.obs_text import parse_observation
+
+        return parse_observation(text)
+
     def text(self) -> str:
-        """The observation as shown to language-model agents (well under 600 tokens)."""
+        """The observation as shown to language-model agents (well under 600 tokens). Lossless:
+        every number is printed at the precision it is stored with, so
+        ``Observation.from_text(obs.text()) == obs``."""
         ov = ", ".join(f"{k} {c}" + (f" ({z} compressed)" if z else "") +
                        (f" ({s} on cpu)" if s else "") for k, (c, z, s) in self.overview.items()
                        if c)
         lines = [
             f"step {self.step + 1}/{self.steps_total} | episode_remaining {self.episode_remaining}"
-            f" | memory_usage {self.memory_usage:.3f} | memory_budget {self.memory_budget} blocks"
+            f" | memory_usage {self.memory_usage:.4f} | memory_budget {self.memory_budget} blocks"
             f" | time_above_0_95 {self.time_above_0_95} | pending_queue_growth "
             f"{self.pending_queue_growth:+d}",
             f"pending_summary: {self.pending} waiting ({self.pending_tokens} tokens, oldest "
             f"{self.oldest_wait_s:.1f}s) | running {self.running} | cpu swap "
-            f"{self.cpu_used_blocks:g}/{self.cpu_total_blocks} blocks",
+            f"{_num(self.cpu_used_blocks)}/{self.cpu_total_blocks} blocks",
             f"cache_overview: {ov or 'empty'}",
             "top_memory_entries (id kind tokens blocks tier loc prio progress idle_s value):",
             *(_row(e) for e in self.top_memory),
@@ -126,9 +143,15 @@ class Observation:
 
 
 def _row(e: Entry) -> str:
-    return (f"  {e.seq_id} {e.kind} {e.tokens} {e.blocks:g} {TIER_NAMES[e.tier]} {e.location} "
-            f"{'high' if e.priority else 'normal'} {e.progress:.2f} {e.idle_s:g} "
-            f"{e.eviction_value:.2f}")
+    return (f"  {e.seq_id} {e.kind} {e.tokens} {_num(e.blocks)} {TIER_NAMES[e.tier]} "
+            f"{e.location} {'high' if e.priority else 'normal'} {e.progress:.3f} "
+            f"{_num(e.idle_s)} {e.eviction_value:.3f}")
+
+
+def _num(x: float) -> str:
+    """The shortest text that parses back to exactly ``x`` (``1337``, ``905.75``, ``1.2``)."""
+    text = repr(float(x))
+    return text[:-2] if text.endswith(".0") else text
 
 
 def observe(engine, *, step: int, steps_total: int, above: int, last_pending: int) -> Observation:

@@ -104,12 +104,15 @@ class ActionsMixin:
                 f"({self.profile.tiers[last].name})")
         tier = seq.tier + 1
         target = UNITS_PER_BLOCK >> tier
-        before = self.pool.free_units
+        freed = 0
+        shared_too = seq.kind == "system"
         for block in seq.blocks:
-            if block.units > target and (block.ref == 1 or seq.kind == "system"):
-                self.pool.resize(block, target)
+            if block.units > target and (block.ref == 1 or shared_too):
+                freed += block.units - target
+                block.units = target
+        self.pool.release_units(freed)
         seq.tier = tier
-        return self.pool.free_units - before
+        return freed
 
     def swap_to_cpu(self, seq_id: int) -> float:
         """Move a sequence's own blocks to host memory; return the transfer time in seconds."""

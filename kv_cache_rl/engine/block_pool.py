@@ -120,6 +120,18 @@ class BlockPool:
         self.cached[key] = block
         self.version += 1
 
+    def cache_many(self, blocks: list[Block], keys: list, start: int, stop: int) -> None:
+        """``cache(blocks[j], keys[j])`` for ``j`` in ``[start, stop)``, in one pass."""
+        if not self.enable_caching:
+            return
+        cached = self.cached
+        for j in range(start, stop):
+            block, key = blocks[j], keys[j]
+            if block.hash is None and key not in cached:
+                block.hash = key
+                cached[key] = block
+        self.version += 1
+
     def uncache(self, block: Block) -> None:
         """Withdraw a block from the prefix cache (its KV is being dropped or moved)."""
         if block.hash is None:

@@ -17,15 +17,21 @@ _SEQ_SLOTS = Sequence.__slots__
 
 
 def clone_engine(engine):
-    blocks: dict[int, Block] = {}
-
-    def block(b: Block) -> Block:
-        new = blocks.get(id(b))
-        if new is None:
-            new = Block.__new__(Block)
-            new.hash, new.ref, new.units = b.hash, b.ref, b.units
-            blocks[id(b)] = new
-        return new
+    # every block reachable from the pool or a live sequence, copied once, in one pass
+    old_pool = engine.pool
+    unique: dict[int, Block] = {id(b): b for b in old_pool.cached.values()}
+    for s in engine.live.values():
+        for b in s.blocks:
+            unique.setdefault(id(b), b)
+    new_block = Block.__new__
+    copies = []
+    for b in unique.values():
+        c = new_block(Block)
+        c.hash = b.hash
+        c.ref = b.ref
+        c.units = b.units
+        copies.append(c)
+    blocks = dict(zip(unique, copies))
 
     seqs: dict[int, Sequence] = {}
 
@@ -37,17 +43,15 @@ def clone_engine(engine):
             new = Sequence.__new__(Sequence)
             for name in _SEQ_SLOTS:
                 setattr(new, name, getattr(s, name))
-            new.blocks = [block(b) for b in s.blocks]
+            new.blocks = [blocks[id(b)] for b in s.blocks]
             new.cpu_keys = list(s.cpu_keys)
             seqs[id(s)] = new
         return new
 
-    old_pool = engine.pool
     pool = BlockPool.__new__(BlockPool)
     pool.__dict__.update(old_pool.__dict__)
-    pool.cached = {k: block(b) for k, b in old_pool.cached.items()}
-    pool._evictable = OrderedDict((k, block(b)) for k, b in old_pool._evictable.items())
-
+    pool.cached = {k: blocks[id(b)] for k, b in old_pool.cached.items()}
+    pool._evictable = OrderedDict((k, blocks[id(b)]) for k, b in old_pool._evictable.items())
     new = engine.__class__.__new__(engine.__class__)
     new.__dict__.update(engine.__dict__)
     new.pool = pool

@@ -24,6 +24,7 @@ from collections import deque
 from kv_cache_rl.config import EngineConfig, Trace, TraceRequest
 from kv_cache_rl.engine.actions import ActionsMixin
 from kv_cache_rl.engine.block_pool import UNITS_PER_BLOCK, Block, BlockPool
+from kv_cache_rl.engine.decode_run import decode_run
 from kv_cache_rl.engine.metrics import EngineStats, Timeseries
 from kv_cache_rl.engine.sequence import Sequence, State
 
@@ -57,8 +58,10 @@ class Engine(ActionsMixin):
         self.stats = EngineStats()
         self.timeseries = Timeseries() if record_timeseries else None
         self._next_arrival = 0
+        self._keys_cache: dict[int, list] = {}  # id(TraceRequest) -> prompt block keys
         self._next_seq_id = 0  # per-instance counter: ids are stable and deterministic
         self._stall_s = 0.0
+        self.fast_forward = True  # run_until/run batch pure-decode iterations (exact)
         self._preempted = False
         self._hits_memo = None  # (seq, pool version, num_tokens, hits, cost) of the last lookup
         self._expiry: list[tuple[float, int]] = []  # (expires_s, seq_id) heap of retained KV
@@ -83,14 +86,14 @@ class Engine(ActionsMixin):
     def run_until(self, t_end: float) -> None:
         """Iterate until ``now >= t_end`` (idling through gaps) or the trace is served."""
         while self.now < t_end:
-            if self.step() == 0.0:
+            if self._advance(t_end) == 0.0:
                 nxt = self.next_event_s()
                 self._idle_until(t_end if nxt is None else min(max(nxt, self.now), t_end))
 
     def run(self) -> None:
         """Serve the whole trace."""
         while True:
-            if self.step() == 0.0:
+            if self._advance(float("inf")) == 0.0:
                 nxt = self.next_event_s()
                 if nxt is None:
                     return
@@ -104,6 +107,21 @@ class Engine(ActionsMixin):
             self.now = t
 
     # ---- one iteration ------------------------------------------------------------------
+    def _advance(self, until: float) -> float:
+        """One iteration, or a run of pure-decode iterations at once (see :mod:`.decode_run`)."""
+        if self.fast_forward and self.running and not self.waiting_admissible():
+            self._arrive()
+            if self._expiry and self._expiry[0][0] <= self.now:
+                self._expire()
+            dt = decode_run(self, until)
+            if dt:
+                return dt
+        return self.step()
+
+    def waiting_admissible(self) -> bool:
+        """Whether the waiting queue could get a request into the batch now."""
+        return bool(self.waiting) and len(self.running) < self.config.max_num_seqs
+
     def step(self) -> float:
         """Run one iteration and return its duration.
 
@@ -160,7 +178,10 @@ class Engine(ActionsMixin):
         seq = Sequence(self._next_seq_id, req, "generation", req.input_toks, req.output_toks, req.arrival_s)
         self._next_seq_id += 1
         if req.hash_ids and self.config.enable_prefix_caching:
-            seq.shared_keys = self._shared_keys(req)
+            keys = self._keys_cache.get(id(req))
+            if keys is None:  # derived from the immutable trace: shared by every clone
+                keys = self._keys_cache[id(req)] = self._shared_keys(req)
+            seq.shared_keys = keys
         self.live[seq.seq_id] = seq
         return seq
 
@@ -354,10 +375,9 @@ class Engine(ActionsMixin):
     def _register(self, seq: Sequence) -> None:
         """Publish newly completed shareable prompt blocks in the prefix cache."""
         limit = min(len(seq.shared_keys), seq.num_computed // self.config.block_size)
-        cache, blocks, keys = self.pool.cache, seq.blocks, seq.shared_keys
-        for j in range(seq.num_registered, limit):
-            cache(blocks[j], keys[j])
-        seq.num_registered = max(seq.num_registered, limit)
+        if limit > seq.num_registered:
+            self.pool.cache_many(seq.blocks, seq.shared_keys, seq.num_registered, limit)
+            seq.num_registered = limit
 
     def _preempt(self, seq: Sequence) -> None:
         """vLLM V1 recompute preemption: free the KV into the prefix cache, requeue first."""

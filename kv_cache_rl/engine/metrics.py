@@ -54,11 +54,13 @@ class Timeseries:
     _prompt: int = 0
     _gen: int = 0
 
-    def record(self, engine, t: float, prompt_tokens: int, generated: int) -> None:
+    def record(self, engine, t: float, prompt_tokens: int, generated: int,
+               usage: float | None = None) -> None:
         # tokens of an iteration are credited to the second in which it ends
         while t >= self._second:
+            pct = 100.0 * (engine.pool.usage if usage is None else usage)
             self.rows.append((float(self._second), len(engine.running), len(engine.waiting),
-                              round(100.0 * engine.pool.usage, 2), float(self._prompt),
+                              round(pct, 2), float(self._prompt),
                               float(self._gen)))
             self._second += 1
             self._prompt = self._gen = 0

@@ -34,6 +34,7 @@ class Sequence:
         "first_token_s", "finish_s", "last_active_s", "expires_s", "swapped_from",
         "num_preemptions", "recomputed_tokens", "num_kv_tokens", "session_id", "priority",
         "high_water", "cpu_units", "cpu_keys", "evicted", "num_tokens",
+        "_obs_memo",
     )
 
     def __init__(self, seq_id: int, req: TraceRequest | None, kind: str, prompt_len: int,
@@ -66,6 +67,7 @@ class Sequence:
         self.cpu_units = 0  # units of this sequence's KV held in host memory
         self.cpu_keys: list = []  # (block index, cache key) to republish on swap-in
         self.evicted = 0  # times an agent dropped this sequence's KV
+        self._obs_memo = None  # observation's cached size (see observation._own_units)
 
     @property
     def kv_tokens(self) -> int:

@@ -1,7 +1,12 @@
-"""lookahead: the upper reference. It sees the future: at every step it clones the episode,
-tries candidate action sets (keep, what each heuristic would do, single actions on the top
-entries) and plays each ``horizon`` steps ahead with the true simulator, then takes the set
-whose partial rubric score is best. No agent that sees only the observation can do this."""
+"""lookahead: the upper reference, a rollout planner that sees the future.
+
+At every step it clones the episode and tries a few candidate action sets (keep, what each
+heuristic would do, single actions on the top entries); each candidate is played to the end
+of the episode by a base policy (``compress_first``) on the true simulator, and the set with
+the best final reward is taken. This is Bertsekas' rollout algorithm: the simulator is
+deterministic and the base policy's own choice is always a candidate, so lookahead never
+scores below its base policy. It reads the future, which no observation-only agent can.
+"""
 
 from __future__ import annotations
 
@@ -9,46 +14,45 @@ from kv_cache_rl.episode import Action
 from kv_cache_rl.policies.base import Policy
 from kv_cache_rl.policies.compress_first import CompressFirstPolicy
 from kv_cache_rl.policies.hybrid import HybridPolicy
-from kv_cache_rl.policies.swap_first import SwapFirstPolicy
 from kv_cache_rl.policies.value_greedy import ValueGreedyPolicy
 
 
 class LookaheadPolicy(Policy):
     name = "lookahead"
     sees_future = True
-    horizon = 3
-    proposers = (ValueGreedyPolicy(), CompressFirstPolicy(), SwapFirstPolicy(), HybridPolicy())
+    base = CompressFirstPolicy()
+    proposers = (HybridPolicy(), ValueGreedyPolicy())
+    singles = 1  # extra candidates: compress / evict the top entries alone
 
     def candidates(self, obs) -> list[tuple[Action, ...]]:
-        sets: list[tuple[Action, ...]] = [()]
-        for proposer in self.proposers:
-            sets.append(tuple(proposer.act(obs)))
-        ranked = sorted((e for e in obs.visible.values() if not e.on_cpu and e.blocks > 0),
+        sets = [tuple(self.base.act(obs)), ()]
+        sets += [tuple(p.act(obs)) for p in self.proposers]
+        ranked = sorted((e for e in obs.visible.values() if not e.on_cpu and e.blocks > 0
+                         and e.kind != "system"),
                         key=lambda e: (-e.eviction_value, -e.blocks, e.seq_id))
-        for entry in ranked[:3]:
+        for entry in ranked[: self.singles]:
             sets.append((Action("evict", entry.seq_id),))
             if entry.tier < 2:
                 sets.append((Action("compress", entry.seq_id),))
-        unique = []
-        for s in sets:
-            if s not in unique:
-                unique.append(s)
-        return unique
+        return list(dict.fromkeys(sets))
+
+    def _rollout(self, episode, actions) -> float:
+        trial = episode.clone()
+        for action in actions[: trial.max_calls_per_step]:
+            trial.call(action.kind, None if action.seq_id is None else {"seq_id": action.seq_id})
+        trial.advance()
+        while not trial.done:
+            for action in self.base.act(trial.observation)[: trial.max_calls_per_step]:
+                trial.call(action.kind, {"seq_id": action.seq_id})
+            trial.advance()
+        return trial.score()["reward"]
 
     def act(self, obs, episode=None):
         if episode is None:
             raise ValueError("lookahead needs the episode (it plans with the simulator)")
         best, best_value = (), float("-inf")
         for actions in self.candidates(obs):
-            trial = episode.clone()
-            for action in actions[: trial.max_calls_per_step]:
-                trial.call(action.kind, None if action.seq_id is None
-                           else {"seq_id": action.seq_id})
-            for _ in range(self.horizon):
-                if trial.done:
-                    break
-                trial.advance()
-            value = trial.score()["reward"]
-            if value > best_value + 1e-9:
+            value = self._rollout(episode, actions)
+            if value > best_value + 1e-12:
                 best, best_value = actions, value
         return list(best)

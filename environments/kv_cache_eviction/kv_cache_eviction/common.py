@@ -1,0 +1,265 @@
+"""What both adapters share, with no verifiers import: arguments, the task list, the prompt,
+the turn protocol and a cache of live episodes.
+
+Turn protocol (identical in v0, v1 and :func:`play_turns`, the core reference):
+
+* One task = one scenario ``(difficulty, seed)``; the prompt holds the instructions (system)
+  and the scenario line plus the first observation (user).
+* One assistant message = one simulator step. Its tool calls are applied in order through
+  :meth:`Episode.call`, then :meth:`Episode.advance` runs the step.
+* A malformed call (unknown tool, arguments that are not a JSON object, a missing, extra or
+  non-integer ``seq_id``) gets the core's error text and changes nothing; so do an id that is
+  not visible, a call over the per-step cap and a call after the end.
+* The observation that follows the step is appended (after a blank line) to one tool result:
+  the result of the last well-formed call of the message, or the last result when none is
+  well-formed (:func:`carrier_index`). A reply with no tool call is a step with no action;
+  the observation comes back as a user message.
+* After the last step the appended text says the episode is over and the rollout ends.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from kv_cache_rl.engine import ActionError
+from kv_cache_rl.episode import ACTION_KINDS, MAX_CALLS_PER_STEP, Episode, parse_call
+from kv_cache_rl.rubric import RUBRIC
+from kv_cache_rl.scenario import DIFFICULTIES
+
+DIFFICULTY_CHOICES = ("all", *DIFFICULTIES)
+EXAMPLES_PER_DIFFICULTY = 100  # num_examples=-1: 100 seeds per difficulty (300 for "all")
+DEFAULT_SEED = 42
+DEFAULT_STEPS = 15
+RUBRIC_WEIGHTS = {fn.__name__: weight for fn, weight in RUBRIC}
+EXTRA_METRICS = ("invalid_calls",)  # not in the core rubric: malformed or refused calls
+
+SYSTEM_PROMPT = f"""\
+You manage the KV cache of an LLM inference server (vLLM-style paged attention) under memory \
+pressure. Every turn you see an observation of the cache; you answer with tool calls, which are \
+applied in order, and then the server runs for one step (one second) and you see the next \
+observation. The episode has a fixed number of steps.
+
+Tools (act only on ids listed in visible_seq_ids):
+- evict(seq_id): drop an entry's KV blocks. A running generation is aborted and must recompute; \
+a session's context or the system prompt that is needed again must be recomputed.
+- compress(seq_id): quantize an entry one precision tier (fp16 -> int8 -> int4), halving its \
+memory at a small quality cost.
+- swap_to_cpu(seq_id): move an entry to host memory over PCIe (costs transfer time, frees GPU \
+memory, bounded by the cpu swap space).
+- keep(): do nothing this step.
+
+Send all of a step's actions as tool calls in one message (at most {{max_calls}} per step); \
+send keep() when no action is needed. A message with no tool call also counts as a step with \
+no action.
+
+Goal: no preemptions or aborted requests, high throughput, memory usage below 0.95 (ideally \
+below 0.8), few evictions of entries that are needed again, little swap traffic. The columns of \
+an entry row are: id kind tokens blocks tier loc prio progress idle_s value, where value is an \
+estimate of how safe the entry is to evict (1.0 safest)."""
+
+
+@dataclass(frozen=True)
+class EnvArgs:
+    """The environment arguments (v0 ``load_environment`` kwargs, v1 taskset config fields)."""
+
+    difficulty: str = "all"
+    num_examples: int = -1
+    seed: int = DEFAULT_SEED
+    steps: int = DEFAULT_STEPS
+    max_calls_per_step: int = MAX_CALLS_PER_STEP
+
+    def __post_init__(self) -> None:
+        if self.difficulty not in DIFFICULTY_CHOICES:
+            raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTY_CHOICES)}, "
+                             f"got {self.difficulty!r}")
+        if self.num_examples < -1 or self.num_examples == 0:
+            raise ValueError("num_examples must be -1 (all) or >= 1")
+        if self.steps < 1 or self.max_calls_per_step < 1:
+            raise ValueError("steps and max_calls_per_step must be >= 1")
+
+    @property
+    def size(self) -> int:
+        """How many tasks: ``num_examples``, or the whole catalogue for -1."""
+        if self.num_examples > 0:
+            return self.num_examples
+        return EXAMPLES_PER_DIFFICULTY * (len(DIFFICULTIES) if self.difficulty == "all" else 1)
+
+    def example(self, i: int) -> tuple[str, int]:
+        """Task ``i`` -> scenario ``(difficulty, seed)``. ``all`` interleaves the difficulties:
+        task ``i`` is ``(DIFFICULTIES[i % 3], seed + i // 3)``; a single difficulty ``d`` gives
+        ``(d, seed + i)``. So the first ``3 n`` tasks of ``all`` are the scenarios of
+        ``kv-cache-rl bench --seed SEED --episodes n``."""
+        if self.difficulty == "all":
+            return DIFFICULTIES[i % len(DIFFICULTIES)], self.seed + i // len(DIFFICULTIES)
+        return self.difficulty, self.seed + i
+
+    def episode(self, i: int) -> Episode:
+        difficulty, seed = self.example(i)
+        return new_episode(difficulty, seed, self.steps, self.max_calls_per_step)
+
+
+def new_episode(difficulty: str, seed: int, steps: int, max_calls_per_step: int) -> Episode:
+    return Episode.from_seed(difficulty, seed, steps=steps, max_calls_per_step=max_calls_per_step)
+
+
+def system_prompt(max_calls_per_step: int) -> str:
+    return SYSTEM_PROMPT.replace("{max_calls}", str(max_calls_per_step))
+
+
+def user_prompt(episode: Episode) -> str:
+    sc = episode.scenario
+    return (f"Scenario: difficulty {sc.difficulty}, seed {sc.seed}, {sc.steps} steps of "
+            f"{sc.step_s:g} s. The first observation:\n\n{episode.text()}")
+
+
+def after_step(episode: Episode) -> str:
+    """What the model reads after a step: the next observation, or the end of the episode."""
+    if episode.done:
+        obs = episode.observation
+        return (f"The episode is over: all {episode.scenario.steps} steps were played "
+                f"(final memory_usage {obs.memory_usage:.4f}, time_above_0_95 "
+                f"{obs.time_above_0_95}). No more actions.")
+    return episode.text()
+
+
+def attach(result: str, observation: str) -> str:
+    return f"{result}\n\n{observation}"
+
+
+def call_error(name: str, arguments) -> str | None:
+    """The core's error text for a malformed call (exactly what :meth:`Episode.call` returns
+    for it), or None for a well-formed one."""
+    try:
+        parse_call(name, arguments)
+    except ActionError as exc:
+        return f"error: {exc}"
+    return None
+
+
+def carrier_index(calls: list[tuple[str, object]]) -> int:
+    """Which of a message's tool results carries the step's observation: the last well-formed
+    call's, else the last one's."""
+    good = [i for i, (name, args) in enumerate(calls) if call_error(name, args) is None]
+    return good[-1] if good else len(calls) - 1
+
+
+def finish(episode: Episode) -> Episode:
+    """Play the steps a rollout did not reach with no action, so the reward is always the
+    whole episode's (a rollout cut short by a limit or an early stop)."""
+    while not episode.done:
+        episode.advance()
+    return episode
+
+
+def scores(episode: Episode) -> dict[str, float]:
+    """The core rubric's values (and ``reward``) plus the extra metrics."""
+    values = dict(episode.score())
+    values["invalid_calls"] = float(episode.record.invalid_actions)
+    return values
+
+
+def play_turns(difficulty: str, seed: int, turns: list, *, steps: int = DEFAULT_STEPS,
+               max_calls_per_step: int = MAX_CALLS_PER_STEP) -> dict:
+    """The core reference for the adapters: play ``turns`` (each a list of ``(name, raw JSON
+    arguments)`` tool calls, ``[]`` for a text reply) with the turn protocol. Returns the tool
+    result texts per turn (observation attached as the adapters attach it), the observations
+    and the scores."""
+    episode = new_episode(difficulty, seed, steps, max_calls_per_step)
+    results, observations = [], [episode.text()]
+    for calls in turns:
+        if episode.done:
+            break
+        texts = [episode.call(name, args) for name, args in calls]
+        episode.advance()
+        note = after_step(episode)
+        observations.append(note)
+        if texts:
+            k = carrier_index(calls)
+            texts[k] = attach(texts[k], note)
+        results.append(texts if texts else [note])
+    finish(episode)
+    return {"results": results, "observations": observations, "scores": scores(episode)}
+
+
+# ---- live episodes from plain state ------------------------------------------------------------
+
+def _key(state: dict) -> tuple:
+    return (state["difficulty"], state["seed"], state["steps"], state["step_s"],
+            state["warmup_s"], state["max_calls_per_step"])
+
+
+def _lag(episode: Episode, state: dict) -> int | None:
+    """How far ``episode`` is behind ``state`` (calls + steps to replay), or None if its history
+    is not a prefix of the state's."""
+    calls, step = state["calls"], state["step_index"]
+    k = episode.step_index
+    if k > step or len(episode.calls) > len(calls):
+        return None
+    if episode.calls[:-1] != calls[:len(episode.calls) - 1]:
+        return None
+    mine, theirs = episode.calls[-1], calls[len(episode.calls) - 1]
+    if theirs[:len(mine)] != mine:
+        return None
+    return (step - k) + sum(map(len, calls)) - sum(map(len, episode.calls))
+
+
+def _episode_key(episode: Episode) -> tuple:
+    sc = episode.scenario
+    return (sc.difficulty, sc.seed, sc.steps, sc.step_s, sc.warmup_s, episode.max_calls_per_step)
+
+
+def _catch_up(episode: Episode, state: dict) -> Episode:
+    """Replay what ``state`` holds beyond ``episode`` (as :meth:`Episode.from_state` does)."""
+    calls, step = state["calls"], state["step_index"]
+    j = len(episode.calls) - 1
+    for k in range(j, len(calls)):
+        done = len(episode.calls[k]) if k == j else 0
+        for name, arguments in calls[k][done:]:
+            episode.call(name, arguments)
+        if k < step and not episode.done:
+            episode.advance()
+    return episode
+
+
+class EpisodeCache:
+    """Live episodes keyed by what they have played, so rebuilding an episode from its plain
+    state (:meth:`Episode.state_dict`) replays only what is new. The state is the truth: an
+    episode is taken out of the cache to be used (two users never share one) and put back
+    after; a miss replays the state from the start. Thread-safe; bounded (LRU)."""
+
+    def __init__(self, size: int = 64):
+        self.size = size
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[int, Episode] = OrderedDict()
+
+    def restore(self, state: dict) -> Episode:
+        key = _key(state)
+        best, best_lag = None, None
+        with self._lock:
+            for ident, episode in self._entries.items():
+                if _episode_key(episode) != key:
+                    continue
+                lag = _lag(episode, state)
+                if lag is not None and (best_lag is None or lag < best_lag):
+                    best, best_lag = ident, lag
+            episode = self._entries.pop(best) if best is not None else None
+        if episode is None:
+            return Episode.from_state(state)
+        return _catch_up(episode, state)
+
+    def put(self, episode: Episode) -> None:
+        with self._lock:
+            self._entries[id(episode)] = episode
+            self._entries.move_to_end(id(episode))
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+
+CACHE = EpisodeCache()
+
+__all__ = ["ACTION_KINDS", "CACHE", "DIFFICULTY_CHOICES", "EXAMPLES_PER_DIFFICULTY", "EnvArgs",
+           "EpisodeCache", "RUBRIC_WEIGHTS", "SYSTEM_PROMPT", "after_step", "attach",
+           "call_error", "carrier_index", "finish", "new_episode", "play_turns", "scores",
+           "system_prompt", "user_prompt"]

@@ -1,0 +1,167 @@
+"""Scenarios, episodes, observation and rubric: determinism, contracts, ranges."""
+
+import json
+
+import pytest
+
+from kv_cache_rl.episode import Action, Episode, EpisodeError, parse_call
+from kv_cache_rl.observation import eviction_value
+from kv_cache_rl.policies import make_policy
+from kv_cache_rl.rubric import RUBRIC, REWARD_RANGE, EpisodeRecord, score
+from kv_cache_rl.runner import play
+from kv_cache_rl.scenario import TIERS, make_scenario
+
+
+def test_scenario_is_deterministic_and_within_its_tier():
+    for difficulty in TIERS:
+        a = make_scenario(difficulty, 3)
+        make_scenario.cache_clear()
+        b = make_scenario(difficulty, 3)
+        assert a == b and a.trace == b.trace and a.config == b.config
+        lo, hi = TIERS[difficulty].memory
+        assert lo <= a.memory_fraction <= hi
+        assert a.config.num_gpu_blocks <= a.peak_blocks
+        assert a.workload in TIERS[difficulty].loads
+        assert a.reference_tokens > 0
+    assert make_scenario("hard", 1).trace != make_scenario("hard", 2).trace
+
+
+def test_scenario_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="unknown difficulty"):
+        make_scenario("impossible", 0)
+    with pytest.raises(ValueError):
+        make_scenario("easy", 0, steps=0)
+
+
+def test_episode_starts_warm_and_runs_fifteen_steps():
+    episode = Episode(make_scenario("medium", 1))
+    assert episode.engine.cached_sequences(), "warm start: the cache holds KV at step 1"
+    assert episode.observation.memory_usage > 0.5
+    steps = 0
+    while not episode.done:
+        episode.advance()
+        steps += 1
+    assert steps == 15 and len(episode.record.step_usage) == 15
+    with pytest.raises(EpisodeError, match="over"):
+        episode.advance()
+    assert episode.call("keep").startswith("error: the episode is over")
+
+
+def test_same_seed_same_text_and_reward():
+    def run():
+        make_scenario.cache_clear()
+        episode = play(make_scenario("hard", 4), make_policy("hybrid"))
+        return episode.observation.text(), episode.score(), episode.history
+    assert run() == run()
+
+
+def test_observation_text_fields_and_visible_ids():
+    episode = Episode(make_scenario("hard", 0))
+    text = episode.text()
+    for key in ("memory_usage", "memory_budget", "episode_remaining", "time_above_0_95",
+                "pending_queue_growth", "cache_overview", "top_memory_entries",
+                "top_eviction_candidates", "pending_summary", "visible_seq_ids"):
+        assert key in text
+    visible = episode.observation.visible
+    assert visible and all(0.0 <= e.eviction_value <= 1.0 for e in visible.values())
+    hidden = max(s.seq_id for s in episode.engine.live.values()) + 1000
+    assert "not visible" in episode.call("evict", {"seq_id": hidden})
+
+
+def test_observation_fits_600_tokens():
+    tokens = pytest.importorskip("kv_cache_rl.tokens")
+    try:
+        tokens.encoding()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    worst = 0
+    for difficulty in TIERS:
+        episode = Episode(make_scenario(difficulty, 0))
+        while not episode.done:
+            worst = max(worst, tokens.count_tokens(episode.text()))
+            episode.advance()
+    assert 50 < worst <= 600
+
+
+@pytest.mark.parametrize("name,args,message", [
+    ("evict", {}, "needs seq_id"),
+    ("evict", {"seq_id": "x"}, "must be an integer"),
+    ("evict", {"seq_id": 1, "extra": 2}, "unexpected"),
+    ("keep", {"seq_id": 1}, "takes no arguments"),
+    ("drop_table", {}, "unknown tool"),
+    ("evict", "{not json", "not valid JSON"),
+    ("evict", "[1]", "JSON object"),
+])
+def test_bad_calls_are_clear_and_change_nothing(name, args, message):
+    episode = Episode(make_scenario("easy", 0))
+    before = (episode.engine.pool.used_units, sorted(episode.engine.live), episode.text())
+    result = episode.call(name, args)
+    assert result.startswith("error:") and message in result and "Traceback" not in result
+    assert (episode.engine.pool.used_units, sorted(episode.engine.live), episode.text()) == before
+    assert episode.record.invalid_actions == 1
+
+
+def test_call_cap_per_step():
+    episode = Episode(make_scenario("easy", 0), max_calls_per_step=2)
+    assert episode.call("keep").startswith("ok")
+    assert episode.call("keep").startswith("ok")
+    assert "at most 2 actions" in episode.call("keep")
+    episode.advance()
+    assert episode.call("keep").startswith("ok")
+
+
+def test_evict_compress_swap_through_episode():
+    episode = Episode(make_scenario("hard", 1))
+    entries = sorted(episode.observation.visible.values(), key=lambda e: -e.blocks)
+    target = next(e for e in entries if not e.on_cpu and e.tier == 0)
+    used = episode.engine.pool.used_units
+    assert episode.call("compress", {"seq_id": target.seq_id}).startswith("ok: compressed")
+    assert episode.engine.pool.used_units < used
+    assert episode.call("evict", {"seq_id": target.seq_id}).startswith("ok: evicted")
+    assert len(episode.record.evictions) == 1
+    assert episode.call("evict", {"seq_id": target.seq_id}).startswith("error")
+
+
+def test_state_round_trip_replays_exactly():
+    episode = Episode(make_scenario("medium", 2))
+    policy = make_policy("compress_first")
+    for _ in range(5):
+        for action in policy.act(episode.observation):
+            episode.call(action.kind, {"seq_id": action.seq_id})
+        episode.call("evict", {"seq_id": -1})  # invalid calls are part of the state too
+        episode.advance()
+    state = json.loads(json.dumps(episode.state_dict()))
+    rebuilt = Episode.from_state(state)
+    assert rebuilt.text() == episode.text()
+    assert rebuilt.record.to_dict() == episode.record.to_dict()
+
+
+def test_rubric_ranges_and_signs():
+    low, high = REWARD_RANGE
+    assert sum(w * (-1 if fn.__name__ != "memory_efficiency" else -0.2)
+               for fn, w in RUBRIC if fn.__name__ in (
+                   "failure_penalty", "headroom_bonus", "memory_efficiency",
+                   "risky_eviction_penalty")) + 0.03 * -0.3 == pytest.approx(low)
+    worst = EpisodeRecord("hard", 0, 3, step_usage=[1.0] * 3, step_failures=[3, 3, 3],
+                          preemptions=9, tokens_served=0, reference_tokens=100,
+                          swap_latency_s=10,
+                          evictions=[{"kind": "system", "tokens": 5, "risky": True,
+                                      "reused": True}] * 6)
+    best = EpisodeRecord("hard", 0, 3, step_usage=[0.5] * 3, step_failures=[0] * 3,
+                         tokens_served=100, reference_tokens=100)
+    assert score(worst)["reward"] == pytest.approx(low)
+    assert score(best)["reward"] == pytest.approx(high)
+    assert score(worst)["failure_penalty"] == -1.0
+    assert score(EpisodeRecord("e", 0, 1, preemptions=3))["failure_penalty"] == pytest.approx(-0.55)
+
+
+def test_eviction_value_orders_kinds():
+    assert eviction_value("reasoning", 0, 1, 0) > eviction_value("context", 0, 1, 0) \
+        > eviction_value("generation", 0, 0.1, 0) > eviction_value("system", 0, 1, 0)
+    assert eviction_value("context", 0, 1, 40) > eviction_value("context", 0, 1, 1)
+    assert eviction_value("context", 1, 1, 5) < eviction_value("context", 0, 1, 5)
+
+
+def test_parse_call_accepts_numeric_strings():
+    assert parse_call("evict", '{"seq_id": "12"}') == Action("evict", 12)
+    assert parse_call("keep", "") == Action("keep")

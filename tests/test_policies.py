@@ -1,0 +1,78 @@
+"""Policies: registry, contract, and the bars the leaderboard must show."""
+
+import json
+
+import pytest
+
+from kv_cache_rl import bench
+from kv_cache_rl.episode import Action
+from kv_cache_rl.policies import POLICIES, Policy, make_policy
+from kv_cache_rl.runner import play
+from kv_cache_rl.scenario import make_scenario
+
+SEEDS = range(3)
+
+
+def mean_reward(policy, difficulty, seeds=SEEDS):
+    return sum(play(make_scenario(difficulty, s), policy).score()["reward"]
+               for s in seeds) / len(seeds)
+
+
+class Degenerate(Policy):
+    """Apply one action to every visible entry, every step."""
+
+    def __init__(self, kind):
+        self.kind = kind
+
+    def act(self, obs, episode=None):
+        return [Action(self.kind, i) for i in sorted(obs.visible)]
+
+
+def test_registry_and_unknown_name():
+    for name, cls in POLICIES.items():
+        assert cls.name == name
+    with pytest.raises(ValueError, match="known: keep"):
+        make_policy("nope")
+    assert [n for n, c in POLICIES.items() if c.sees_future] == ["lookahead"]
+
+
+@pytest.mark.parametrize("name", [n for n in POLICIES if n != "lookahead"])
+def test_every_heuristic_plays_hard_episodes_without_invalid_actions(name):
+    episode = play(make_scenario("hard", 0), make_policy(name))
+    assert episode.done
+    if name != "random":
+        assert episode.record.invalid_actions == 0
+
+
+def test_degenerate_policies_stay_below_the_best_heuristic():
+    best = max(mean_reward(make_policy(n), "hard") for n in
+               ("compress_first", "hybrid", "lru", "value_greedy", "swap_first"))
+    for kind in ("evict", "compress", "swap_to_cpu"):
+        assert mean_reward(Degenerate(kind), "hard") < best, kind
+
+
+def test_keep_gets_worse_with_difficulty():
+    seeds = range(4)
+    easy, medium, hard = (mean_reward(make_policy("keep"), d, seeds)
+                          for d in ("easy", "medium", "hard"))
+    assert easy > medium > hard
+
+
+def test_bench_json_is_identical_for_the_same_seed():
+    def run():
+        cells = bench.run(("hard",), episodes=2, seed=5, policies=("keep", "hybrid", "random"))
+        data = bench.to_json(cells, seed=5, episodes=2)
+        data.pop("timing")
+        return json.dumps(data, sort_keys=True)
+    first = run()
+    assert first == run()
+    results = json.loads(first)["results"]
+    assert {r["policy"] for r in results} == {"keep", "hybrid", "random"}
+    assert all(set(r) >= {"policy", "difficulty", "episodes", "reward_mean", "reward_std",
+                          "components"} for r in results)
+
+
+def test_lookahead_needs_the_episode():
+    with pytest.raises(ValueError, match="needs the episode"):
+        make_policy("lookahead").act(play(make_scenario("easy", 0), make_policy("keep"))
+                                     .observation)
