@@ -17,8 +17,7 @@ Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions`` (``stream`` true or
 estimates (4 characters a token). FastAPI and uvicorn are imported only here (``[serve]``).
 """
 
-from __future__ import annotations
-
+# no `from __future__ import annotations`: FastAPI reads the endpoint annotations
 import json
 import re
 import time

@@ -753,3 +753,26 @@ def test_system_prefix_shared_by_a_running_request_cannot_be_swapped():
     # the system prefix is everyone's: compressing it shrinks the shared blocks too
     assert eng.compress(sys_.seq_id) == 4 * 2
     t.run()
+
+
+@pytest.mark.parametrize("blocks,retention", [(4000, 0.0), (120, 0.0), (300, 20.0)])
+def test_decode_fast_path_is_exact(profile, blocks, retention):
+    """run() with pure-decode runs batched gives exactly what stepping one by one gives."""
+    results = []
+    for fast in (False, True):
+        trace = random_trace(11, n=40, max_output=200, sessions=4 if retention else 0,
+                             system_toks=64 if retention else 0, reasoning=bool(retention),
+                             ephemeral=bool(retention))
+        engine = Engine(EngineConfig(num_gpu_blocks=blocks, max_num_seqs=8,
+                                     max_num_batched_tokens=256, retention_s=retention),
+                        profile, trace, record_timeseries=True)
+        engine.fast_forward = fast
+        engine.run()
+        engine.pool.check()
+        s = engine.stats
+        results.append(([(q.seq_id, q.first_token_s, q.finish_s, q.num_output)
+                         for q in engine.finished], engine.now, engine.iterations,
+                        s.preemptions, s.recomputed_tokens, s.generated_tokens,
+                        round(s.kv_usage_mean, 12), round(s.seconds_kv_ge_95, 12),
+                        engine.timeseries.rows))
+    assert results[0] == results[1]

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from kv_cache_rl.engine.block_pool import UNITS_PER_BLOCK, Block
 
+BACKOFF = 8  # iterations to wait after a scan that found no run (the scan costs a step)
+
 
 def decode_run(engine, until: float) -> float:
     """Run pure-decode iterations up to ``until``; return the time served (0.0: not applicable)."""
@@ -40,6 +42,7 @@ def decode_run(engine, until: float) -> float:
     for seq in running:
         computed = seq.num_computed
         if computed + 1 != seq.num_tokens or not seq.num_output:
+            engine._decode_run_after = engine.iterations + BACKOFF
             return 0.0  # a prefill chunk is in the batch
         left = seq.max_output - seq.num_output
         if left < first_finish:
@@ -52,6 +55,7 @@ def decode_run(engine, until: float) -> float:
             loss += quality[seq.tier]
     max_k = first_finish - 1  # the finishing iteration goes through the normal path
     if max_k < 2:
+        engine._decode_run_after = engine.iterations + BACKOFF
         return 0.0
     pool, stats, series = engine.pool, engine.stats, engine.timeseries
     cost = engine._iteration_time_s

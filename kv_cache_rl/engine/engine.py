@@ -62,6 +62,7 @@ class Engine(ActionsMixin):
         self._next_seq_id = 0  # per-instance counter: ids are stable and deterministic
         self._stall_s = 0.0
         self.fast_forward = True  # run_until/run batch pure-decode iterations (exact)
+        self._decode_run_after = 0  # iteration before which no decode run is attempted
         self._preempted = False
         self._hits_memo = None  # (seq, pool version, num_tokens, hits, cost) of the last lookup
         self._expiry: list[tuple[float, int]] = []  # (expires_s, seq_id) heap of retained KV
@@ -109,7 +110,8 @@ class Engine(ActionsMixin):
     # ---- one iteration ------------------------------------------------------------------
     def _advance(self, until: float) -> float:
         """One iteration, or a run of pure-decode iterations at once (see :mod:`.decode_run`)."""
-        if self.fast_forward and self.running and not self.waiting_admissible():
+        if self.fast_forward and self.running and self.iterations >= self._decode_run_after \
+                and not self.waiting_admissible():
             self._arrive()
             if self._expiry and self._expiry[0][0] <= self.now:
                 self._expire()
@@ -215,7 +217,6 @@ class Engine(ActionsMixin):
         scheduled: list[tuple[Sequence, int]] = []  # prefill chunks, for _update
         chunks: list[tuple[int, int]] = []
         finished: list[Sequence] = []
-        num_decodes = 0
         kv_sum = 0.0
         loss = 0.0
         preempted = False
@@ -224,6 +225,24 @@ class Engine(ActionsMixin):
         while i < n_running and budget > 0:
             seq = running[i]
             computed = seq.num_computed
+            out = seq.num_output
+            if out and seq.num_tokens - computed == 1 and computed % bs:
+                # the common case: a decode within its last block, no allocation needed
+                i += 1
+                budget -= 1
+                tier = seq.tier
+                if tier:
+                    kv_sum += (computed + 1) * attention[tier]
+                    loss += quality[tier]
+                else:
+                    kv_sum += computed + 1
+                seq.num_computed = computed + 1
+                seq.num_tokens += 1
+                out += 1
+                seq.num_output = out
+                if out >= seq.max_output:
+                    finished.append(seq)
+                continue
             n = seq.num_tokens - computed
             if n > budget:
                 n = budget
@@ -246,21 +265,20 @@ class Engine(ActionsMixin):
                     break
             budget -= n
             i += 1
-            if n == 1 and seq.num_output and computed + 1 == seq.num_tokens:
-                # a decode: it will sample its next token (not a recompute cut to 1 token)
+            if n == 1 and out:  # a decode that needed a block
                 tier = seq.tier
                 kv_sum += (computed + 1) * attention[tier]
                 if tier:
                     loss += quality[tier]
-                num_decodes += 1
                 seq.num_computed = computed + 1
                 seq.num_tokens += 1
-                seq.num_output += 1
-                if seq.num_output >= seq.max_output:
+                seq.num_output = out + 1
+                if out + 1 >= seq.max_output:
                     finished.append(seq)
             else:
                 scheduled.append((seq, n))
                 chunks.append((n, computed))
+        num_decodes = i - len(scheduled)
         self.stats.quality_loss += loss
         self._preempted = preempted
         if not preempted:
