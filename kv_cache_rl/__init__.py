@@ -1,3 +1,48 @@
 """kv-cache-rl: a calibrated, vLLM-faithful KV-cache serving simulator for agents."""
 
+import importlib.abc
+import importlib.util
+import sys
+
 __version__ = "0.1.0"
+
+GYM_ENV_ID = "KVCacheEviction-v0"
+GYM_ENTRY_POINT = "kv_cache_rl.gym_env:KVCacheEvictionEnv"
+
+
+def register_gym_env() -> bool:
+    """Register ``KVCacheEviction-v0`` by entry-point string (the env module is imported only by
+    ``gymnasium.make``). Imports gymnasium; returns False when it is not installed."""
+    try:
+        from gymnasium.envs.registration import register, registry
+    except ImportError:
+        return False
+    if GYM_ENV_ID not in registry:
+        register(id=GYM_ENV_ID, entry_point=GYM_ENTRY_POINT)
+    return True
+
+
+class _RegisterWhenGymnasiumLoads(importlib.abc.MetaPathFinder):
+    """Registers the env right after ``gymnasium`` is first imported, so ``import kv_cache_rl``
+    never pays gymnasium's ~0.25 s import (and works without it installed)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "gymnasium":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            exec_module = spec.loader.exec_module
+
+            def exec_then_register(module):
+                exec_module(module)
+                register_gym_env()
+
+            spec.loader.exec_module = exec_then_register
+        return spec
+
+
+if "gymnasium" in sys.modules:
+    register_gym_env()
+elif not any(isinstance(f, _RegisterWhenGymnasiumLoads) for f in sys.meta_path):
+    sys.meta_path.insert(0, _RegisterWhenGymnasiumLoads())

@@ -219,7 +219,7 @@ def lss_profile(data_dir: Path, model: dict, gpu: str, tp: int = 1) -> dict:
     pts = lss_points(data_dir, model["name"], gpu, model["num_layers"], tp)
     ts = sorted(t for key, t, _ in pts["dense"] if not is_holdout(key))
     seq = [(s, v) for key, s, v in pts["per_sequence"] if not is_holdout(key)]
-    src = lss_dir(Path("profiles"), model["name"], gpu, tp)
+    src = lss_dir(Path("."), model["name"], gpu, tp)
     out = {
         "profile": {"model": model["name"], "gpu": gpu, "tp": tp},
         "source": f"{src}/{{attention,dense,per_sequence}}.csv and {src.parent}/meta.yaml: "

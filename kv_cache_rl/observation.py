@@ -21,7 +21,7 @@ KIND_ORDER = ("system", "context", "generation", "reasoning", "ephemeral")
 KIND_VALUE = {"reasoning": 0.95, "ephemeral": 0.85, "context": 0.55, "generation": 0.15,
               "system": 0.0}
 CONTEXT_PAUSE_S = 30.0  # tool-call pauses last 2-30 s (Dynamo): idle longer, less likely back
-TOP_K = 8  # entries listed per table
+TOP_K = 6  # entries listed per table (12 rows keep the text under 600 tokens)
 _units = attrgetter("units")
 
 
@@ -64,7 +64,8 @@ def _own_units(seq: Sequence) -> int:
     if memo is not None and memo[0] == key:
         return memo[1]
     units = sum(map(_units, seq.blocks))
-    if seq.kind != "system" and seq.req is not None and seq.req.system_toks:
+    if seq.kind == "generation" and seq.req is not None and seq.req.system_toks:
+        # a request reads the shared system prefix; retained holders never include it
         units -= sum(map(_units, seq.blocks[: seq.req.system_toks // 16]))
     seq._obs_memo = (key, units)
     return units
