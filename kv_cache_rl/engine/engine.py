@@ -140,7 +140,11 @@ class Engine(ActionsMixin):
             if scheduled or num_decodes or self._stall_s > 0.0:
                 break
             if self._preempted:
-                continue  # every running request was preempted: admit again at once
+                # every running request was preempted, the oldest too: even alone it cannot
+                # grow past the pinned KV, and readmitting it as is would recompute its first
+                # chunk and preempt it again forever; retention gives way first
+                self._reclaim_pinned()
+                continue  # admit again at once
             if self._reclaim_pinned():
                 continue  # a stall: pinned KV gave way to the queue head
             if self.next_event_s() is not None:
@@ -265,7 +269,8 @@ class Engine(ActionsMixin):
                     break
             budget -= n
             i += 1
-            if n == 1 and out:  # a decode that needed a block
+            if n == 1 and out and computed + 1 == seq.num_tokens:
+                # a decode that needed a block (not a recompute cut to 1 token by the budget)
                 tier = seq.tier
                 kv_sum += (computed + 1) * attention[tier]
                 if tier:

@@ -1,7 +1,7 @@
 """lookahead: the upper reference, a rollout planner that sees the future.
 
-At every step it clones the episode and tries a few candidate action sets (keep, what each
-heuristic would do, single actions on the top entries); each candidate is played to the end
+At every step it clones the episode and tries a few candidate action sets (keep, what the base
+and the hybrid heuristic would do, single actions on the top entry); each candidate is played to the end
 of the episode by a base policy (``compress_first``) on the true simulator, and the set with
 the best final reward is taken. This is Bertsekas' rollout algorithm: the simulator is
 deterministic and the base policy's own choice is always a candidate, so lookahead never
@@ -14,14 +14,13 @@ from kv_cache_rl.episode import Action
 from kv_cache_rl.policies.base import Policy
 from kv_cache_rl.policies.compress_first import CompressFirstPolicy
 from kv_cache_rl.policies.hybrid import HybridPolicy
-from kv_cache_rl.policies.value_greedy import ValueGreedyPolicy
 
 
 class LookaheadPolicy(Policy):
     name = "lookahead"
     sees_future = True
     base = CompressFirstPolicy()
-    proposers = (HybridPolicy(), ValueGreedyPolicy())
+    proposers = (HybridPolicy(),)
     singles = 1  # extra candidates: compress / evict the top entries alone
 
     def candidates(self, obs) -> list[tuple[Action, ...]]:
@@ -50,6 +49,10 @@ class LookaheadPolicy(Policy):
     def act(self, obs, episode=None):
         if episode is None:
             raise ValueError("lookahead needs the episode (it plans with the simulator)")
+        if not self.base.act(obs):
+            # nothing to decide: following the base policy here keeps the guarantee (by
+            # induction the rest of the episode is still at least the base policy's value)
+            return []
         best, best_value = (), float("-inf")
         for actions in self.candidates(obs):
             value = self._rollout(episode, actions)

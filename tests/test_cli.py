@@ -1,0 +1,77 @@
+"""The kv-cache-rl command line: replay outputs, errors without tracebacks, bench JSON."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from kv_cache_rl.cli import main
+from kv_cache_rl.replay import SUMMARY_KEYS
+
+ROWS = [{"arrival_s": 0.05 * i, "input_toks": 200 + 37 * i, "output_toks": 20 + i}
+        for i in range(40)]
+
+
+@pytest.fixture()
+def trace(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    return path
+
+
+def test_replay_writes_exact_json_keys_and_timeseries(trace, tmp_path, capsys):
+    out, series = tmp_path / "s.json", tmp_path / "ts.csv"
+    assert main(["replay", str(trace), "--model", "llama-3.1-8b", "--gpu", "rtx4090",
+                 "--max-num-seqs", "8", "--json", str(out), "--timeseries", str(series)]) == 0
+    summary = json.loads(out.read_text())
+    assert tuple(summary) == SUMMARY_KEYS
+    assert summary["num_requests"] == len(ROWS)
+    for key in ("ttft_ms", "tpot_ms", "latency_ms"):
+        assert set(summary[key]) == {"mean", "p50", "p90", "p99"}
+        assert 0 < summary[key]["p50"] <= summary[key]["p99"]
+    rows = list(csv.reader(series.open()))
+    assert rows[0] == ["t", "running", "waiting", "kv_cache_pct", "prompt_throughput",
+                       "gen_throughput"]
+    assert len(rows) - 1 >= int(summary["makespan_s"])
+    assert sum(float(r[5]) for r in rows[1:]) == sum(r["output_toks"] for r in ROWS)
+    assert "ttft_ms" in capsys.readouterr().out
+
+
+def test_replay_kv_bound_preempts(trace, tmp_path):
+    out = tmp_path / "s.json"
+    assert main(["replay", str(trace), "--num-gpu-blocks", "150", "--json", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["preemptions"] > 0 and summary["recomputed_tokens"] > 0
+    assert summary["seconds_kv_ge_95"] > 0
+
+
+def test_unknown_model_lists_known_ones(trace, capsys):
+    assert main(["replay", str(trace), "--model", "gpt-5"]) == 2
+    err = capsys.readouterr().err
+    assert "Llama-3.1-8B" in err and "Traceback" not in err
+
+
+def test_malformed_trace_names_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(ROWS[0]) + "\n" + json.dumps(ROWS[1]) + "\n{oops\n")
+    assert main(["replay", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl:3" in err and "Traceback" not in err
+
+
+def test_bench_json(tmp_path):
+    out = tmp_path / "b.json"
+    assert main(["bench", "--difficulty", "easy", "--episodes", "1", "--policies",
+                 "keep,compress_first", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert [r["policy"] for r in data["results"]] == ["keep", "compress_first"]
+    assert set(data["results"][0]["components"]) >= {"failure_penalty", "throughput_reward"}
+    assert main(["bench", "--policies", "nope"]) == 2
+
+
+def test_module_entry_point(trace):
+    done = subprocess.run([sys.executable, "-m", "kv_cache_rl", "replay", str(trace)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "num_requests" in done.stdout
