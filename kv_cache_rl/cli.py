@@ -113,6 +113,24 @@ def _cmd_serve(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from kv_cache_rl.train import DEFAULT_OUT, parse_fractions, parse_seeds, train
+
+    command = (f"kv-cache-rl train --seed {args.seed} --difficulty {args.difficulty} "
+               f"--generations {args.generations} --population {args.population} "
+               f"--elite {args.elite} --batch {args.batch} --workers {args.workers} "
+               f"--train-seeds {args.train_seeds} --select-seeds {args.select_seeds} "
+               f"--eval-seeds {args.eval_seeds}"
+               + (f" --memory-fraction {args.memory_fraction}" if args.memory_fraction else ""))
+    train(out=args.out or DEFAULT_OUT, difficulty=args.difficulty, seed=args.seed,
+          generations=args.generations, population=args.population, elite=args.elite,
+          batch=args.batch, workers=args.workers, train_seeds=parse_seeds(args.train_seeds),
+          select_seeds=parse_seeds(args.select_seeds),
+          eval_seeds=None if args.eval_seeds == "none" else parse_seeds(args.eval_seeds),
+          fractions=parse_fractions(args.memory_fraction), command=command)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kv-cache-rl", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -149,6 +167,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at most this many tool calls per assistant message (default: "
                         "the episode's cap, kv_cache_rl.episode.MAX_CALLS_PER_STEP)")
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("train", help="train the `learned` policy (cross-entropy method) and "
+                                     "write its weights")
+    p.add_argument("--out", help="weights JSON (default: the package's "
+                                 "data/policies/learned.json, what `learned` loads)")
+    p.add_argument("--seed", type=int, default=0, help="the CEM's random seed")
+    p.add_argument("--difficulty", default="hard", choices=("easy", "medium", "hard"))
+    p.add_argument("--generations", type=int, default=12)
+    p.add_argument("--population", type=int, default=20, help="samples per generation")
+    p.add_argument("--elite", type=int, default=5, help="samples the Gaussian is refitted to")
+    p.add_argument("--batch", type=int, default=10, help="training scenarios per generation")
+    p.add_argument("--workers", type=int, default=2, help="processes")
+    p.add_argument("--train-seeds", default="1000:2000", help="scenario seeds LO:HI to train on")
+    p.add_argument("--select-seeds", default="2000:2040",
+                   help="seeds that pick between the final mean and the best sample")
+    p.add_argument("--eval-seeds", default="0:50",
+                   help="held-out seeds for the report (bench's), or 'none'")
+    p.add_argument("--memory-fraction", metavar="LO:HI",
+                   help="train on KV budgets drawn from LO..HI x peak demand instead of the "
+                        "tier's own (the held-out report uses the tier's own)")
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("calibrate", help="derive the shipped calibration from raw measurements")
     p.add_argument("--data", required=True, help="the raw data directory (../shared/data)")

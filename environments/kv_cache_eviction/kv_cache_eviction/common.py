@@ -19,6 +19,7 @@ Turn protocol (identical in v0, v1 and :func:`play_turns`, the core reference):
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ DEFAULT_STEPS = 15
 RUBRIC_WEIGHTS = {fn.__name__: weight for fn, weight in RUBRIC}
 EXTRA_METRICS = ("invalid_calls",)  # not in the core rubric: malformed or refused calls
 
-SYSTEM_PROMPT = f"""\
+SYSTEM_PROMPT = """\
 You manage the KV cache of an LLM inference server (vLLM-style paged attention) under memory \
 pressure. Every turn you see an observation of the cache; you answer with tool calls, which are \
 applied in order, and then the server runs for one step (one second) and you see the next \
@@ -50,7 +51,7 @@ memory at a small quality cost.
 memory, bounded by the cpu swap space).
 - keep(): do nothing this step.
 
-Send all of a step's actions as tool calls in one message (at most {{max_calls}} per step); \
+Send all of a step's actions as tool calls in one message (at most {max_calls} per step); \
 send keep() when no action is needed. A message with no tool call also counts as a step with \
 no action.
 
@@ -58,6 +59,20 @@ Goal: no preemptions or aborted requests, high throughput, memory usage below 0.
 below 0.8), few evictions of entries that are needed again, little swap traffic. The columns of \
 an entry row are: id kind tokens blocks tier loc prio progress idle_s value, where value is an \
 estimate of how safe the entry is to evict (1.0 safest)."""
+
+
+# The tools' descriptions (their schemas' text in both adapters).
+TOOL_DOCS = {
+    "evict": "Evict the entry `seq_id` (one of visible_seq_ids): its KV blocks are dropped at "
+             "once. A running generation is aborted and recomputed later; context or a system "
+             "prompt that is needed again must be recomputed.",
+    "compress": "Compress the entry `seq_id` (one of visible_seq_ids) one precision tier (fp16 "
+                "-> int8 -> int4), halving the GPU memory it holds at a small quality cost.",
+    "swap_to_cpu": "Swap the entry `seq_id` (one of visible_seq_ids) to host memory over PCIe: "
+                   "frees its GPU blocks, costs transfer time, limited by the cpu swap space.",
+    "keep": "Take no action this step.",
+}
+SEQ_ID_DOC = "The id of a cache entry, one of visible_seq_ids."
 
 
 @dataclass(frozen=True)
@@ -185,6 +200,15 @@ def play_turns(difficulty: str, seed: int, turns: list, *, steps: int = DEFAULT_
 
 # ---- live episodes from plain state ------------------------------------------------------------
 
+def plain_state(episode: Episode) -> dict:
+    """:meth:`Episode.state_dict`, copied through JSON (C speed) instead of ``deepcopy``."""
+    sc = episode.scenario
+    return {"difficulty": sc.difficulty, "seed": sc.seed, "steps": sc.steps,
+            "step_s": sc.step_s, "warmup_s": sc.warmup_s,
+            "max_calls_per_step": episode.max_calls_per_step,
+            "calls": json.loads(json.dumps(episode.calls)), "step_index": episode.step_index}
+
+
 def _key(state: dict) -> tuple:
     return (state["difficulty"], state["seed"], state["steps"], state["step_s"],
             state["warmup_s"], state["max_calls_per_step"])
@@ -236,18 +260,21 @@ class EpisodeCache:
 
     def restore(self, state: dict) -> Episode:
         key = _key(state)
-        best, best_lag = None, None
+        best, best_lag, scenario = None, None, None
         with self._lock:
             for ident, episode in self._entries.items():
                 if _episode_key(episode) != key:
                     continue
+                scenario = episode.scenario
                 lag = _lag(episode, state)
                 if lag is not None and (best_lag is None or lag < best_lag):
                     best, best_lag = ident, lag
             episode = self._entries.pop(best) if best is not None else None
-        if episode is None:
-            return Episode.from_state(state)
-        return _catch_up(episode, state)
+        if episode is not None:
+            return _catch_up(episode, state)
+        if scenario is not None:  # same scenario, other history: replay it from the start
+            return _catch_up(Episode(scenario, max_calls_per_step=key[-1]), state)
+        return Episode.from_state(state)
 
     def put(self, episode: Episode) -> None:
         with self._lock:
@@ -260,6 +287,6 @@ class EpisodeCache:
 CACHE = EpisodeCache()
 
 __all__ = ["ACTION_KINDS", "CACHE", "DIFFICULTY_CHOICES", "EXAMPLES_PER_DIFFICULTY", "EnvArgs",
-           "EpisodeCache", "RUBRIC_WEIGHTS", "SYSTEM_PROMPT", "after_step", "attach",
-           "call_error", "carrier_index", "finish", "new_episode", "play_turns", "scores",
-           "system_prompt", "user_prompt"]
+           "EpisodeCache", "RUBRIC_WEIGHTS", "SEQ_ID_DOC", "SYSTEM_PROMPT", "TOOL_DOCS",
+           "after_step", "attach", "call_error", "carrier_index", "finish", "new_episode",
+           "plain_state", "play_turns", "scores", "system_prompt", "user_prompt"]

@@ -19,10 +19,9 @@ from typing import Annotated, Any
 import verifiers.v1 as vf
 from pydantic import WithJsonSchema
 
-from kv_cache_eviction.common import CACHE
+from kv_cache_eviction.common import CACHE, SEQ_ID_DOC, TOOL_DOCS, plain_state
 
-SeqId = Annotated[Any, WithJsonSchema({
-    "type": "integer", "description": "The id of a cache entry, one of visible_seq_ids."})]
+SeqId = Annotated[Any, WithJsonSchema({"type": "integer", "description": SEQ_ID_DOC})]
 
 
 class KVState(vf.State):
@@ -46,7 +45,7 @@ def apply_call(state: KVState, name: str, arguments: Any) -> str:
         return "error: this rollout has no episode (the task setup did not run)"
     episode = CACHE.restore(state.episode)
     text = episode.call(name, arguments)
-    state.episode = episode.state_dict()
+    state.episode = plain_state(episode)
     CACHE.put(episode)
     return text
 
@@ -56,28 +55,23 @@ class KVCacheTools(vf.Toolset[vf.SharedToolsetConfig, KVState]):
 
     @vf.tool
     def evict(self, seq_id: SeqId) -> str:
-        """Evict the entry `seq_id` (one of visible_seq_ids): its KV blocks are dropped at once.
-        A running generation is aborted and recomputed later; context or a system prompt that
-        is needed again must be recomputed."""
         return apply_call(self.state, "evict", {"seq_id": seq_id})
 
     @vf.tool
     def compress(self, seq_id: SeqId) -> str:
-        """Compress the entry `seq_id` (one of visible_seq_ids) one precision tier (fp16 -> int8
-        -> int4), halving the GPU memory it holds at a small quality cost."""
         return apply_call(self.state, "compress", {"seq_id": seq_id})
 
     @vf.tool
     def swap_to_cpu(self, seq_id: SeqId) -> str:
-        """Swap the entry `seq_id` (one of visible_seq_ids) to host memory over PCIe: frees its
-        GPU blocks, costs transfer time, limited by the cpu swap space."""
         return apply_call(self.state, "swap_to_cpu", {"seq_id": seq_id})
 
     @vf.tool
     def keep(self) -> str:
-        """Take no action this step."""
         return apply_call(self.state, "keep", {})
 
+
+for _name, _doc in TOOL_DOCS.items():
+    getattr(KVCacheTools, _name).__doc__ = _doc
 
 if __name__ == "__main__":
     KVCacheTools.run()

@@ -16,7 +16,7 @@ from kv_cache_rl.rubric import RUBRIC
 
 from kv_cache_eviction.common import (EXTRA_METRICS, EnvArgs, after_step, attach, call_error,
                                       carrier_index, finish, new_episode, scores, system_prompt,
-                                      user_prompt)
+                                      user_prompt, TOOL_DOCS)
 
 V1_ENTRY_POINT = ("the v1 taskset kv_cache_eviction.KVCacheEvictionTaskset (with its Env "
                   "KVCacheEvictionEnv): `vf-eval kv-cache-eviction -m MODEL --client.base-url URL "
@@ -48,30 +48,24 @@ def _legacy():
 # ---- tools: the episode is a hidden argument, injected by update_tool_args ----------------------
 
 def evict(seq_id: int, episode: Episode) -> str:
-    """Evict the entry `seq_id` (one of visible_seq_ids): its KV blocks are dropped at once. A
-    running generation is aborted and recomputed later; context or a system prompt that is
-    needed again must be recomputed."""
     return episode.call("evict", {"seq_id": seq_id})
 
 
 def compress(seq_id: int, episode: Episode) -> str:
-    """Compress the entry `seq_id` (one of visible_seq_ids) one precision tier (fp16 -> int8 ->
-    int4), halving the GPU memory it holds at a small quality cost."""
     return episode.call("compress", {"seq_id": seq_id})
 
 
 def swap_to_cpu(seq_id: int, episode: Episode) -> str:
-    """Swap the entry `seq_id` (one of visible_seq_ids) to host memory over PCIe: frees its GPU
-    blocks, costs transfer time, limited by the cpu swap space."""
     return episode.call("swap_to_cpu", {"seq_id": seq_id})
 
 
 def keep(episode: Episode) -> str:
-    """Take no action this step."""
     return episode.call("keep", {})
 
 
 TOOLS = (evict, compress, swap_to_cpu, keep)
+for _tool in TOOLS:
+    _tool.__doc__ = TOOL_DOCS[_tool.__name__]
 
 
 def _rubric_func(name: str):

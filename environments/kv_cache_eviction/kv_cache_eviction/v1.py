@@ -34,7 +34,7 @@ from pydantic import Field
 
 from kv_cache_eviction.common import (CACHE, EXTRA_METRICS, RUBRIC_WEIGHTS, EnvArgs, after_step,
                                       attach, call_error, carrier_index, finish, new_episode,
-                                      scores, system_prompt, user_prompt)
+                                      plain_state, scores, system_prompt, user_prompt)
 from kv_cache_eviction.tools import KVCacheTools, KVState
 
 
@@ -75,7 +75,7 @@ def close_turn(state: KVState, turn: int, invalid: list[tuple[str, str]]) -> Non
         for name, arguments in invalid:
             episode.call(name, arguments)
         episode.advance()
-    state.episode = episode.state_dict()
+    state.episode = plain_state(episode)
     state.observation = after_step(episode)
     state.observed_turn = turn
     CACHE.put(episode)
@@ -92,7 +92,7 @@ class KVCacheEvictionTask(vf.Task[KVCacheEvictionData, KVState, vf.TaskConfig]):
     async def setup(self, trace, runtime) -> None:
         d = self.data
         episode = new_episode(d.difficulty, d.seed, d.steps, d.max_calls_per_step)
-        trace.state.episode = episode.state_dict()
+        trace.state.episode = plain_state(episode)
         CACHE.put(episode)
 
     @vf.stop
@@ -169,7 +169,7 @@ class KVCacheEvictionTask(vf.Task[KVCacheEvictionData, KVState, vf.TaskConfig]):
             return
         episode = finish(CACHE.restore(state.episode))
         state.scores = scores(episode)
-        trace.info["episode"] = episode.state_dict()  # the replayable log (state is not traced)
+        trace.info["episode"] = plain_state(episode)  # the replayable log (state is not traced)
         trace.info["steps_played"] = state.observed_turn
         CACHE.put(episode)
 
