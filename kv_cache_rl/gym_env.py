@@ -30,7 +30,8 @@ class KVCacheEvictionEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Action Space
 
-    `MultiDiscrete([4] * 16)`: one code per candidate slot (the slots of the observation).
+    `MultiDiscrete([4] * 12)`: one code per candidate slot (the slots of the observation; 12 =
+    2 x ``observation.TOP_K``, every id the agent may act on).
 
     - 0: keep (do nothing to this slot)
     - 1: evict (drop its KV; a running request recomputes)
@@ -40,12 +41,12 @@ class KVCacheEvictionEnv(gym.Env[np.ndarray, np.ndarray]):
     Non-keep codes are applied in slot order, at most ``max_calls_per_step`` (8) of them; codes
     on empty slots and codes past the cap are ignored (counted in ``info["ignored"]``). A code
     the simulator refuses (compress at int4, swap with no room) is a no-op counted as an
-    invalid action. ``info["action_mask"]`` (16 x 4, bool) marks the codes that would be
+    invalid action. ``info["action_mask"]`` (12 x 4, bool) marks the codes that would be
     accepted.
 
     ## Observation Space
 
-    `Box(-1, 1, (9 + 16 * 16,), float32)`, built by :func:`kv_cache_rl.features.encode` from the
+    `Box(-1, 1, (9 + 12 * 16,), float32)`, built by :func:`kv_cache_rl.features.encode` from the
     same :class:`~kv_cache_rl.observation.Observation` LLM agents read as text (no future):
 
     | Index            | Observation                                                       |

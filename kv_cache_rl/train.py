@@ -12,6 +12,11 @@ between the last mean and the best candidate ever sampled is made on ``--select-
 (default 2000-2039), and the held-out report uses ``--eval-seeds`` (default 0-49, the seeds
 ``bench`` plays). The three sets are disjoint, so the reported margin is out of sample.
 
+Budgets: ``--memory-fraction LO:HI`` replaces each training scenario's KV budget by LO..HI x
+its peak demand (drawn from the seed; :func:`scenario`), so the policy also learns scarcer
+memory than the tier's own 0.65-0.80; the shipped weights use 0.3:0.8. The held-out report
+always plays the tier's own scenarios, exactly as ``bench`` does.
+
 Workers: ``--workers`` single-process pools; scenario ``s`` always goes to pool
 ``s % workers``, so each process builds (and caches) only its share of scenarios.
 """
@@ -19,29 +24,53 @@ Workers: ``--workers`` single-process pools; scenario ``s`` always goes to pool
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import math
 import time
+from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
 
-def _play(difficulty: str, seed: int, policy_spec) -> float:
-    """One episode's reward. ``policy_spec``: a registry name or a learned parameter vector."""
+@functools.lru_cache(maxsize=256)
+def scenario(difficulty: str, seed: int, memory_fraction: float | None = None):
+    """The scenario of ``(difficulty, seed)``, optionally with its KV budget replaced by
+    ``memory_fraction`` x the window's peak demand (as :func:`make_scenario` sizes it)."""
+    from kv_cache_rl.scenario import make_scenario
+
+    base = make_scenario(difficulty, seed)
+    if memory_fraction is None:
+        return base
+    blocks = max(64, math.ceil(memory_fraction * base.peak_blocks))
+    return replace(base, memory_fraction=memory_fraction,
+                   config=replace(base.config, num_gpu_blocks=blocks))
+
+
+def memory_fraction_for(seed: int, fractions) -> float | None:
+    """A scenario's KV budget: None (the tier's own), a fixed fraction, or uniform in the
+    range ``fractions`` = (lo, hi), drawn from the seed."""
+    if fractions is None or isinstance(fractions, (int, float)):
+        return fractions
+    return round(float(np.random.default_rng([seed, 0xB1D]).uniform(*fractions)), 4)
+
+
+def _play(key: tuple, policy_spec) -> float:
+    """One episode's reward on ``key`` = (difficulty, seed, memory_fraction or None).
+    ``policy_spec``: a registry name or a learned parameter vector."""
     from kv_cache_rl.policies import make_policy
     from kv_cache_rl.policies.learned import LearnedPolicy
     from kv_cache_rl.runner import play
-    from kv_cache_rl.scenario import make_scenario
 
     policy = make_policy(policy_spec) if isinstance(policy_spec, str) \
         else LearnedPolicy(np.asarray(policy_spec))
-    return float(play(make_scenario(difficulty, seed), policy).score()["reward"])
+    return float(play(scenario(*key), policy).score()["reward"])
 
 
-def _play_many(difficulty: str, seed: int, specs: list) -> list[float]:
-    return [_play(difficulty, seed, spec) for spec in specs]
+def _play_many(key: tuple, specs: list) -> list[float]:
+    return [_play(key, spec) for spec in specs]
 
 
 class Evaluator:
@@ -52,16 +81,17 @@ class Evaluator:
         ctx = get_context("fork") if hasattr(__import__("os"), "fork") else get_context()
         self.pools = [ctx.Pool(1) for _ in range(self.workers)] if self.workers > 1 else []
 
-    def rewards(self, difficulty: str, seeds, specs: list) -> np.ndarray:
-        """A ``(len(specs), len(seeds))`` array of episode rewards."""
-        seeds = list(seeds)
+    def rewards(self, difficulty: str, seeds, specs: list, fractions=None) -> np.ndarray:
+        """A ``(len(specs), len(seeds))`` array of episode rewards (``fractions``: the range
+        of KV budgets to draw from, see :func:`memory_fraction_for`; None: the tier's own)."""
+        keys = [(difficulty, int(s), memory_fraction_for(s, fractions)) for s in seeds]
         if not self.pools:
-            cols = [_play_many(difficulty, s, specs) for s in seeds]
+            cols = [_play_many(k, specs) for k in keys]
         else:
-            jobs = [self.pools[s % self.workers].apply_async(_play_many, (difficulty, s, specs))
-                    for s in seeds]
+            jobs = [self.pools[k[1] % self.workers].apply_async(_play_many, (k, specs))
+                    for k in keys]
             cols = [j.get() for j in jobs]
-        return np.array(cols, dtype=float).T.reshape(len(specs), len(seeds))
+        return np.array(cols, dtype=float).T.reshape(len(specs), len(keys))
 
     def close(self) -> None:
         for pool in self.pools:
@@ -84,7 +114,7 @@ def summary(rewards) -> dict:
 
 def cem(evaluator: Evaluator, *, difficulty: str = "hard", train_seeds=range(1000, 2000),
         generations: int = 20, population: int = 20, elite: int = 5, batch: int = 10,
-        seed: int = 0, extra_std: float = 0.1, log=print) -> dict:
+        seed: int = 0, extra_std: float = 0.1, fractions=None, log=print) -> dict:
     """Run the CEM; return the final mean, the best sampled vector and the per-generation log."""
     from kv_cache_rl.policies.learned import initial_vector
 
@@ -99,7 +129,7 @@ def cem(evaluator: Evaluator, *, difficulty: str = "hard", train_seeds=range(100
         samples = mean + std * rng.standard_normal((population, len(mean)))
         specs = [mean.tolist()] + [s.tolist() for s in samples]
         t0 = time.perf_counter()
-        fit = evaluator.rewards(difficulty, seeds, specs).mean(axis=1)
+        fit = evaluator.rewards(difficulty, seeds, specs, fractions).mean(axis=1)
         mean_fit, fit = fit[0], fit[1:]
         top = np.argsort(-fit, kind="stable")[:elite]
         if fit[top[0]] > best_fit:
@@ -116,17 +146,31 @@ def cem(evaluator: Evaluator, *, difficulty: str = "hard", train_seeds=range(100
     return {"mean": mean, "best": best, "history": history}
 
 
+def parse_fractions(text: str | None) -> tuple[float, float] | None:
+    """``"0.3:0.8"`` -> (0.3, 0.8); None stays None."""
+    if not text:
+        return None
+    lo, _, hi = text.partition(":")
+    lo, hi = float(lo), float(hi or lo)
+    if not 0 < lo <= hi <= 2:
+        raise ValueError(f"--memory-fraction must be LO:HI with 0 < LO <= HI <= 2, got {text}")
+    return lo, hi
+
+
 def parse_seeds(text: str) -> range:
     """``"1000:2000"`` -> range(1000, 2000)."""
     lo, _, hi = text.partition(":")
     return range(int(lo), int(hi) if hi else int(lo) + 1)
 
 
+DEFAULT_OUT = Path(__file__).parent / "data" / "policies" / "learned.json"
+
+
 def train(*, out: str | Path, difficulty: str = "hard", seed: int = 0, generations: int = 20,
           population: int = 20, elite: int = 5, batch: int = 10, workers: int = 2,
           train_seeds: range = range(1000, 2000), select_seeds: range = range(2000, 2040),
           eval_seeds: range | None = range(0, 50), baselines=("keep", "lru", "compress_first"),
-          command: str = "", log=print) -> dict:
+          fractions: tuple[float, float] | None = None, command: str = "", log=print) -> dict:
     """Train, pick, evaluate on held-out seeds and write the weights JSON; return its dict."""
     from kv_cache_rl.policies.learned import PARAM_NAMES
 
@@ -137,9 +181,11 @@ def train(*, out: str | Path, difficulty: str = "hard", seed: int = 0, generatio
     start = time.perf_counter()
     with Evaluator(workers) as ev:
         result = cem(ev, difficulty=difficulty, train_seeds=train_seeds, generations=generations,
-                     population=population, elite=elite, batch=batch, seed=seed, log=log)
+                     population=population, elite=elite, batch=batch, seed=seed,
+                     fractions=fractions, log=log)
         picks = ev.rewards(difficulty, select_seeds,
-                           [result["mean"].tolist(), result["best"].tolist()]).mean(axis=1)
+                           [result["mean"].tolist(), result["best"].tolist()],
+                           fractions).mean(axis=1)
         chosen = result["mean"] if picks[0] >= picks[1] else result["best"]
         train_s = time.perf_counter() - start
         log(f"select: final mean {picks[0]:+.4f}, best sample {picks[1]:+.4f} on "
@@ -150,8 +196,13 @@ def train(*, out: str | Path, difficulty: str = "hard", seed: int = 0, generatio
             rewards = ev.rewards(difficulty, eval_seeds, specs)
             for name, row in zip(("learned", *baselines), rewards):
                 evaluation[name] = summary(row)
+                if name != "learned":  # paired: the same scenarios
+                    evaluation[name]["learned_minus"] = summary(rewards[0] - row)
                 log(f"held-out {name:<16} {evaluation[name]['mean']:+.4f} ± "
-                    f"{evaluation[name]['ci95']:.4f} (n={len(row)})")
+                    f"{evaluation[name]['ci95']:.4f} (n={len(row)})"
+                    + ("" if name == "learned" else
+                       f"   learned - {name}: {evaluation[name]['learned_minus']['mean']:+.4f}"
+                       f" ± {evaluation[name]['learned_minus']['ci95']:.4f}"))
     data = {
         "params": {n: round(float(v), 6) for n, v in zip(PARAM_NAMES, chosen)},
         "meta": {
@@ -160,6 +211,7 @@ def train(*, out: str | Path, difficulty: str = "hard", seed: int = 0, generatio
             "difficulty": difficulty, "generations": generations, "population": population,
             "elite": elite, "batch": batch, "workers": workers,
             "train_seeds": f"{train_seeds.start}:{train_seeds.stop}",
+            "memory_fraction": None if fractions is None else list(fractions),
             "select_seeds": f"{select_seeds.start}:{select_seeds.stop}",
             "eval_seeds": None if eval_seeds is None else f"{eval_seeds.start}:{eval_seeds.stop}",
             "picked": "mean" if picks[0] >= picks[1] else "best sample",

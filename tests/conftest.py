@@ -194,46 +194,45 @@ def check_invariants(engine: Engine) -> None:
         assert engine.live.get(s.seq_id) is s
     queued = set(ids)
 
-    refs: Counter = Counter()
-    blocks_by_id = {}
+    held: list = []  # GPU blocks referenced by live sequences, once per reference
     cpu_used = 0
+    retained_states = (State.RETAINED, State.SWAPPED)
     for sid, s in engine.live.items():
-        assert s.seq_id == sid
-        assert s.kind in KINDS
-        assert s.state in (State.WAITING, State.RUNNING, State.SWAPPED, State.RETAINED)
-        if s.state == State.RETAINED or (s.state == State.SWAPPED
-                                         and s.swapped_from == State.RETAINED):
-            assert s.kind != "generation"
+        state = s.state
+        assert s.seq_id == sid and s.kind in KINDS
+        if s.max_output == 0:  # a retained holder (on the GPU or swapped out)
+            assert state in retained_states and s.kind != "generation"
             assert sid not in queued
-            if s.state == State.RETAINED:
+            if state == State.RETAINED:
                 assert s.blocks and s.num_kv_tokens == len(s.blocks) * bs
-        else:
-            assert s.kind in ("generation", "ephemeral") and s.req is not None
-            assert sid in queued
+            else:
+                assert s.swapped_from == State.RETAINED
+        else:  # a request
+            assert s.req is not None and sid in queued
+            assert state in (State.WAITING, State.RUNNING, State.SWAPPED)
             assert s.num_tokens == s.prompt_len + s.num_output
             assert 0 <= s.num_output < s.max_output
             assert s.num_computed <= s.num_tokens - 1 or s.num_computed == 0
-            if s.state == State.RUNNING or (s.state == State.SWAPPED):
+            if state != State.WAITING:
                 assert len(s.blocks) == -(-s.num_computed // bs), s
-        if s.state == State.SWAPPED:
+        if state == State.SWAPPED:
             moved = [b for b in s.blocks if b.ref == 0]
             assert moved and s.cpu_units == sum(b.units for b in moved)
             assert all(b.hash is None for b in moved)
             cpu_used += s.cpu_units
+            held += [b for b in s.blocks if b.ref]
         else:
             assert s.cpu_units == 0
-            assert all(b.ref > 0 for b in s.blocks)
-        for b in s.blocks:
-            if b.ref > 0:
-                refs[id(b)] += 1
-                blocks_by_id[id(b)] = b
-            assert b.units in (1, 2, 4)
-    # every referenced block is held by live sequences exactly ``ref`` times, and they are all
-    # the used space: no leak, no double count
-    for bid, b in blocks_by_id.items():
-        assert b.ref == refs[bid], f"{b!r} held {refs[bid]} times"
-        assert bid not in {id(x) for x in pool._evictable.values()}
-    assert sum(b.units for b in blocks_by_id.values()) == pool.used_units
+            held += s.blocks
+    # every referenced block is held by live sequences exactly ``ref`` times (so none of them
+    # is free), and they are all the used space: no leak, no double count
+    counts = Counter(map(id, held))
+    by_id = {id(b): b for b in held}
+    wrong = [(b, counts[bid]) for bid, b in by_id.items() if b.ref != counts[bid]]
+    assert not wrong, f"blocks held a different number of times than referenced: {wrong[:3]}"
+    assert {b.units for b in by_id.values()} <= {1, 2, 4}
+    assert sum(b.units for b in by_id.values()) == pool.used_units
+    assert by_id.keys().isdisjoint({id(x) for x in pool._evictable.values()})
     for key, b in pool._evictable.items():
         assert b.ref == 0 and b.hash == key and pool.cached.get(key) is b
     for key, b in pool.cached.items():
@@ -251,8 +250,10 @@ class Tracker:
     """Steps an engine, checks invariants after every step and keeps the accounting the
     engine's own counters must agree with."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, fast: bool = False) -> None:
         self.engine = engine
+        # fast: advance like run()/run_until() do, a run of pure decodes at once when possible
+        self.fast = fast and hasattr(engine, "_advance")
         self.seen: dict[int, object] = {}  # request sequences (generation/ephemeral) by id
         self.max_output: dict[int, int] = {}
         self.computed = 0  # tokens the cost model was asked to compute (chunks + decodes)
@@ -312,7 +313,7 @@ class Tracker:
         counters = (stats.prompt_tokens, stats.generated_tokens, stats.recomputed_tokens,
                     stats.preemptions, stats.rejected, len(engine.finished))
         self._pending_hits.clear()
-        dt = engine.step()
+        dt = engine._advance(float("inf")) if self.fast else engine.step()
         self.steps += 1
         assert dt >= 0.0 and engine.now == pytest.approx(now + dt)
         after = (stats.prompt_tokens, stats.generated_tokens, stats.recomputed_tokens,
@@ -343,7 +344,7 @@ class Tracker:
         check_invariants(self.engine)
         return True
 
-    def advance(self, t_end: float, *, max_steps: int = 100_000) -> "Tracker":
+    def advance(self, t_end: float, *, max_steps: int = 20_000) -> "Tracker":
         """Like ``Engine.run_until``: iterate (idling through gaps) until ``now >= t_end``."""
         engine = self.engine
         for _ in range(max_steps):
@@ -355,7 +356,7 @@ class Tracker:
                 check_invariants(engine)
         raise AssertionError(f"did not reach t={t_end}")
 
-    def step_until(self, cond, *, max_steps: int = 100_000) -> "Tracker":
+    def step_until(self, cond, *, max_steps: int = 20_000) -> "Tracker":
         """Step (idling through gaps) until ``cond(engine)`` holds."""
         for _ in range(max_steps):
             if cond(self.engine):
@@ -366,9 +367,13 @@ class Tracker:
             raise AssertionError("condition never held")
         return self
 
-    def run(self, *, max_steps: int = 200_000, between=None) -> "Tracker":
+    def run(self, *, max_steps: int = 20_000, between=None,
+            stall_steps: int = 3_000) -> "Tracker":
         """Step to the end (retention TTLs included); ``between(tracker)`` runs before every
-        step (agent actions)."""
+        step (agent actions). Fails fast on a livelock: ``stall_steps`` steps in a row in
+        which no token is generated and no request finishes or is rejected."""
+        stats = self.engine.stats
+        progress, stalled = None, 0
         for _ in range(max_steps):
             if between is not None:
                 between(self)
@@ -376,6 +381,11 @@ class Tracker:
             if self.step() == 0.0 and not self.idle():
                 self.check_final()
                 return self
+            now = (stats.generated_tokens, len(self.engine.finished), stats.rejected)
+            stalled = stalled + 1 if now == progress and not self.engine.done else 0
+            progress = now
+            if stalled >= stall_steps:
+                raise AssertionError(f"livelock: no progress in {stall_steps} steps")
         raise AssertionError(f"engine did not finish in {max_steps} steps")
 
     # ---- end-of-run checks ------------------------------------------------------------------
@@ -421,9 +431,10 @@ class Tracker:
             assert stats.recomputed_tokens == 0
 
 
-def drive(engine: Engine, *, between=None, max_steps: int = 200_000) -> Tracker:
+def drive(engine: Engine, *, between=None, max_steps: int = 20_000,
+          fast: bool = False) -> Tracker:
     """Run ``engine`` to the end with invariant checks after every step."""
-    return Tracker(engine).run(between=between, max_steps=max_steps)
+    return Tracker(engine, fast=fast).run(between=between, max_steps=max_steps)
 
 
 @pytest.fixture(scope="session")

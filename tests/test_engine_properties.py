@@ -25,8 +25,10 @@ SETTINGS = dict(deadline=None, derandomize=True, database=None,
 configs = st.fixed_dictionaries({
     "num_gpu_blocks": st.one_of(st.integers(20, 80), st.integers(20, 400)),  # mostly tight
     "block_size": st.sampled_from([8, 16]),
-    "max_num_seqs": st.integers(1, 16),
-    "max_num_batched_tokens": st.integers(16, 512),
+    # biased to small budgets shared by many sequences: chunks cut to a few tokens
+    "max_num_seqs": st.one_of(st.just(16), st.integers(1, 16)),
+    "max_num_batched_tokens": st.one_of(st.just(16), st.integers(16, 24),
+                                        st.integers(16, 512)),
     "enable_prefix_caching": st.booleans(),
     "retention_s": st.one_of(st.just(0.0), st.floats(5.0, 30.0)),
     "num_cpu_blocks": st.integers(0, 200),
@@ -64,7 +66,7 @@ actions = st.lists(st.tuples(
 ), max_size=40)
 
 
-def _run(config: dict, trace, plan) -> Tracker:
+def _run(config: dict, trace, plan, fast: bool = False) -> Tracker:
     engine = Engine(EngineConfig(**config), PROFILE, trace)
     todo = list(plan)
     wait = [todo[0][0] if todo else 0]
@@ -109,13 +111,13 @@ def _run(config: dict, trace, plan) -> Tracker:
             elif action == "evict":
                 assert seq.state in (State.WAITING, State.FINISHED) and seq.blocks == []
 
-    return Tracker(engine).run(between=between)
+    return Tracker(engine, fast=fast).run(between=between, stall_steps=1_000)
 
 
 @settings(max_examples=50, **SETTINGS)
-@given(config=configs, trace=traces(sessions=False))
-def test_random_traces_keep_invariants(config, trace):
-    t = _run(config, trace, [])
+@given(config=configs, trace=traces(sessions=False), fast=st.booleans())
+def test_random_traces_keep_invariants(config, trace, fast):
+    t = _run(config, trace, [], fast)
     engine = t.engine
     assert len(engine.finished) + engine.stats.rejected == len(trace.requests)
     if engine.config.retention_s == 0:
@@ -124,10 +126,29 @@ def test_random_traces_keep_invariants(config, trace):
 
 
 @settings(max_examples=70, **SETTINGS)
-@given(config=configs, trace=traces(sessions=True), plan=actions)
-def test_random_traces_and_actions_keep_invariants(config, trace, plan):
-    t = _run(config, trace, plan)
+@given(config=configs, trace=traces(sessions=True), plan=actions, fast=st.booleans())
+def test_random_traces_and_actions_keep_invariants(config, trace, plan, fast):
+    t = _run(config, trace, plan, fast)
     engine = t.engine
     assert len(engine.finished) + engine.stats.rejected == len(trace.requests)
     assert engine.cpu_free_units + sum(s.cpu_units for s in engine.live.values()) \
         == engine.cpu_total_units
+
+
+@settings(max_examples=25, **SETTINGS)
+@given(
+    prompts=st.lists(st.tuples(st.integers(1, 24), st.integers(40, 120)), min_size=16,
+                     max_size=20),
+    evictions=st.lists(st.tuples(st.integers(5, 40), st.integers(0, 100)), min_size=1,
+                       max_size=6),
+    caching=st.booleans(),
+)
+def test_recompute_under_the_tightest_budget(prompts, evictions, caching):
+    """16 sequences sharing a 16-token budget: a recomputing request behind 15 decodes gets
+    1-token chunks, which must stay prefill chunks (no token sampled mid-recompute)."""
+    trace = build_trace([(0.0, i, o, -1, 0, -1, 0, False) for i, o in prompts])
+    config = {"num_gpu_blocks": 400, "max_num_seqs": 16, "max_num_batched_tokens": 16,
+              "enable_prefix_caching": caching}
+    plan = [(wait, "evict", pick, "visible") for wait, pick in evictions]
+    t = _run(config, trace, plan)
+    assert t.engine.stats.evicted_active > 0

@@ -6,6 +6,7 @@ from kv_cache_rl.policies.fifo import FIFOPolicy
 from kv_cache_rl.policies.hybrid import HybridPolicy
 from kv_cache_rl.policies.keep import KeepPolicy
 from kv_cache_rl.policies.largest_first import LargestFirstPolicy
+from kv_cache_rl.policies.learned import LearnedPolicy
 from kv_cache_rl.policies.lookahead import LookaheadPolicy
 from kv_cache_rl.policies.lru import LRUPolicy
 from kv_cache_rl.policies.random_policy import RandomPolicy
@@ -17,7 +18,7 @@ POLICIES: dict[str, type[Policy]] = {
     cls.name: cls
     for cls in (KeepPolicy, RandomPolicy, LRUPolicy, FIFOPolicy, LargestFirstPolicy,
                 ValueGreedyPolicy, CompressFirstPolicy, SwapFirstPolicy, HybridPolicy,
-                SlidingWindowPolicy, LookaheadPolicy)
+                SlidingWindowPolicy, LearnedPolicy, LookaheadPolicy)
 }
 
 

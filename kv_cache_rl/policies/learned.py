@@ -19,6 +19,7 @@ seed, date and evaluation that produced them.
 
 from __future__ import annotations
 
+import functools
 import json
 from importlib import resources
 from pathlib import Path
@@ -67,13 +68,14 @@ def initial_vector() -> tuple[np.ndarray, np.ndarray]:
             np.array([PARAMS[n][1] for n in PARAM_NAMES]))
 
 
+@functools.cache
+def _shipped_text() -> str:
+    return resources.files("kv_cache_rl").joinpath(DEFAULT_WEIGHTS).read_text()
+
+
 def load_weights(path: str | Path | None = None) -> dict:
     """The weights file (the shipped one by default) as a dict with ``params`` and ``meta``."""
-    if path is None:
-        text = resources.files("kv_cache_rl").joinpath(DEFAULT_WEIGHTS).read_text()
-    else:
-        text = Path(path).read_text()
-    data = json.loads(text)
+    data = json.loads(_shipped_text() if path is None else Path(path).read_text())
     missing = set(PARAM_NAMES) - set(data["params"])
     if missing:
         raise ValueError(f"weights file lacks parameters {sorted(missing)}")
