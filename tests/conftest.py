@@ -154,12 +154,14 @@ def make_trace():
 # ---- invariants --------------------------------------------------------------------------------
 
 
-def snapshot(engine: Engine) -> tuple:
-    """Everything an action could change, as plain values (to compare before/after)."""
+def snapshot(engine: Engine, *, identity: bool = True) -> tuple:
+    """Everything an action could change, as plain values (to compare before/after).
+    ``identity=False`` leaves out which block objects are held (to compare with a clone)."""
     pool = engine.pool
     seqs = tuple(sorted(
         (s.seq_id, s.kind, int(s.state), s.num_computed, s.num_output, s.tier, s.cpu_units,
-         tuple((id(b), b.ref, b.units, b.hash) for b in s.blocks), s.high_water, s.evicted)
+         tuple((id(b) if identity else 0, b.ref, b.units, b.hash) for b in s.blocks),
+         s.high_water, s.evicted)
         for s in engine.live.values()))
     return (pool.free_units, pool.evictable_units, pool.used_units, tuple(pool.cached),
             tuple(pool._evictable), engine.cpu_free_units, seqs,

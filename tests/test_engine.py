@@ -429,10 +429,11 @@ def test_failed_actions_do_not_change_the_run():
                 getattr(eng, action)(10_000)
             except UnknownSequenceError:
                 failures += 1
+        for s in list(eng.waiting)[:2]:  # queued: no KV to act on
+            with pytest.raises(UnknownSequenceError):
+                eng.compress(s.seq_id)
+            failures += 1
         for s in eng.cached_sequences():
-            if s.tier == 2:
-                with pytest.raises(InvalidStateError):
-                    eng.compress(s.seq_id)
             if sum(b.units for b in s.blocks if b.ref == 1) > eng.cpu_free_units:
                 with pytest.raises(CapacityError):
                     eng.swap_to_cpu(s.seq_id)
@@ -575,9 +576,9 @@ def test_swap_to_cpu_round_trip():
     assert eng.stats.generated_tokens == 40
 
 
-def test_swapped_request_that_can_never_return_is_rejected():
-    """Regression: pinned KV that keeps a swapped request out for good used to crash
-    ``_reject_head`` with an empty waiting queue (IndexError)."""
+def test_swapped_request_kept_out_by_pinned_kv_gets_it_released():
+    """Regression: pinned KV that kept a swapped request out for good crashed
+    ``_reject_head`` with an empty waiting queue (IndexError); now retention gives way."""
     trace = [R(0.0, 200, 50, "a"), R(0.0, 900, 2, "b", system_toks=880)]
     eng = make(trace, num_gpu_blocks=60, retention_s=30.0, num_cpu_blocks=100,
                max_num_batched_tokens=512)
@@ -589,11 +590,24 @@ def test_swapped_request_that_can_never_return_is_rejected():
     assert seq_of(eng, "b").num_output == 2
     assert eng.cpu_free_units == eng.cpu_total_units and not eng.swapped
     assert a.state == State.FINISHED and a.seq_id not in eng.live
-    if eng.stats.forced_releases == 0:  # the system prefix stayed pinned: a was given up
-        assert eng.stats.rejected == 1 and [s.req.request_id for s in eng.finished] == ["b"]
-        assert [s.kind for s in eng.live.values()] == ["system"]
-    else:  # retention gave way to the swapped request
-        assert eng.stats.rejected == 0 and a.num_output == 50
+    assert eng.stats.forced_releases == 1 and not holders(eng, "system")
+    assert eng.stats.rejected == 0 and [s.req.request_id for s in eng.finished] == ["b", "a"]
+    assert a.num_output == 50 and eng.stats.recomputed_tokens == 0
+    assert eng.stats.swap_in_bytes == eng.stats.swap_out_bytes
+
+
+def test_swapped_request_that_can_never_return_is_rejected():
+    """White box: the GPU is taken by something no action or TTL can release (here: units
+    reserved behind the engine's back), so the swapped head is given up, not crashed on."""
+    eng = make([R(0.0, 200, 50, "a")], num_cpu_blocks=100)
+    eng.step()
+    (a,) = eng.running
+    eng.swap_to_cpu(a.seq_id)
+    assert eng.pool.reserve(eng.pool.allocatable_units)
+    eng.step()  # the swap-out stall
+    assert eng.step() == 0.0 and eng.stats.rejected == 1
+    assert a.state == State.FINISHED and not eng.swapped and not eng.live
+    assert eng.cpu_free_units == eng.cpu_total_units and eng.done
 
 
 def test_request_that_pinned_kv_keeps_from_completing_does_not_livelock():
@@ -810,3 +824,69 @@ def test_decode_fast_path_is_exact(profile, blocks, retention):
                         round(s.kv_usage_mean, 12), round(s.seconds_kv_ge_95, 12),
                         engine.timeseries.rows))
     assert results[0] == results[1]
+
+
+# ---- clone ------------------------------------------------------------------------------------
+
+
+def _scripted_actions(engine: Engine, step: int) -> None:
+    """A fixed, state-dependent action schedule (same input, same actions)."""
+    visible = engine.cached_sequences()
+    if not visible or step % 7:
+        return
+    seq = visible[(step // 7) % len(visible)]
+    action = ("compress", "swap_to_cpu", "evict")[(step // 7) % 3]
+    try:
+        getattr(engine, action)(seq.seq_id)
+    except ActionError:
+        pass
+
+
+def _finish_with_actions(engine: Engine, start: int) -> None:
+    step = start
+    while True:
+        _scripted_actions(engine, step)
+        step += 1
+        if engine.step() == 0.0:
+            nxt = engine.next_event_s()
+            if nxt is None:
+                return
+            engine._idle_until(max(nxt, engine.now))
+        check_invariants(engine)
+
+
+def test_clone_is_an_independent_exact_copy():
+    trace = random_trace(5, 30, shared_prefix=False, sessions=3, system_toks=32,
+                         reasoning=True, ephemeral=True, rate=30.0)
+    config = EngineConfig(num_gpu_blocks=80, retention_s=10.0, num_cpu_blocks=40)
+    original = Engine(config, PROFILE, trace)
+    for step in range(80):
+        _scripted_actions(original, step)
+        if original.step() == 0.0:
+            original._idle_until(original.next_event_s())
+    assert original.running and original.cached_sequences()
+    stats = original.stats
+    assert stats.evicted_active and stats.swap_out_bytes and stats.quality_loss  # rich state
+    copy = original.clone()
+    check_invariants(copy)
+    assert snapshot(copy, identity=False) == snapshot(original, identity=False)
+    ours = {id(b) for s in original.live.values() for b in s.blocks}
+    theirs = {id(b) for s in copy.live.values() for b in s.blocks}
+    assert ours and ours.isdisjoint(theirs)
+    assert all(a is not b for a, b in zip(original.live.values(), copy.live.values()))
+    # acting on the copy leaves the original alone
+    before = snapshot(original)
+    victim = copy.cached_sequences()[0]
+    copy.evict(victim.seq_id)
+    for s in copy.running[:2]:
+        copy.compress(s.seq_id)
+    copy.step()
+    assert snapshot(original) == before
+    # and the original and a fresh copy finish identically
+    twin = original.clone()
+    _finish_with_actions(original, 80)
+    _finish_with_actions(twin, 80)
+    assert [(s.req.request_id, s.first_token_s, s.finish_s) for s in twin.finished] == \
+        [(s.req.request_id, s.first_token_s, s.finish_s) for s in original.finished]
+    assert twin.stats == original.stats
+    assert len(original.finished) + original.stats.rejected == 30

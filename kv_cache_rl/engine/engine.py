@@ -422,8 +422,9 @@ class Engine(ActionsMixin):
     def _reclaim_pinned(self) -> bool:
         """Nothing runs and the queue head does not fit: release the least recently used
         retained KV (the system prefix last). Retention is best-effort, as in Dynamo's
-        priority eviction; a server never idles on pinned memory with work waiting."""
-        if not self.waiting:
+        priority eviction; a server never idles on pinned memory with work waiting (queued,
+        or swapped out and unable to come back)."""
+        if not (self.waiting or self.swapped):
             return False
         holders = [s for s in self.live.values()
                    if s.state in (State.RETAINED, State.SWAPPED) and s.kind != "generation"]
