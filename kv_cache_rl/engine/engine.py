@@ -239,7 +239,7 @@ class Engine(ActionsMixin):
                     kv_sum += (computed + 1) * attention[tier]
                     loss += quality[tier]
                 else:
-                    kv_sum += computed + 1
+                    kv_sum += computed + 1  # fp16's attention factor is 1 by definition
                 seq.num_computed = computed + 1
                 seq.num_tokens += 1
                 out += 1
@@ -309,13 +309,16 @@ class Engine(ActionsMixin):
             computed = len(hits) * bs
             n = min(seq.num_tokens - computed, budget)
             need = (computed + n + bs - 1) // bs - len(hits)
-            units = UNITS_PER_BLOCK >> seq.tier
+            tier = seq.tier
+            for block in hits:  # a quantized shared prefix lowers this request's tier
+                if block.units < UNITS_PER_BLOCK >> tier:
+                    tier = 3 - block.units.bit_length()
+            units = UNITS_PER_BLOCK >> tier
             if need * units + hit_cost > pool.allocatable_units:
                 break
+            seq.tier = tier
             for block in hits:
                 pool.touch(block)
-                if block.units < units:  # a quantized shared prefix lowers this request's tier
-                    seq.tier = max(seq.tier, 3 - block.units.bit_length())
             pool.reserve(need * units)
             seq.blocks = hits + [Block(units) for _ in range(need)]
             seq.num_computed = computed
