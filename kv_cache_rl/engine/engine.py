@@ -13,23 +13,24 @@ Each call to :meth:`Engine.step` is one engine iteration (one forward pass):
 4. the iteration lasts what the calibrated cost model says for that batch, plus any host-link
    stall from swaps; every request whose computed tokens reach its length samples one token.
 
-Agent actions (``evict``, ``compress``, ``swap_to_cpu``) live in :mod:`.actions`.
+Scheduling lives in :mod:`.scheduler`, agent actions (``evict``, ``compress``, ``swap_to_cpu``)
+and retention in :mod:`.actions`, the pure-decode fast path in :mod:`.decode_run`.
 """
 
 from __future__ import annotations
 
-import heapq
 from collections import deque
 
 from kv_cache_rl.config import EngineConfig, Trace, TraceRequest
 from kv_cache_rl.engine.actions import ActionsMixin
-from kv_cache_rl.engine.block_pool import UNITS_PER_BLOCK, Block, BlockPool
+from kv_cache_rl.engine.block_pool import UNITS_PER_BLOCK, BlockPool
 from kv_cache_rl.engine.decode_run import decode_run
 from kv_cache_rl.engine.metrics import EngineStats, Timeseries
+from kv_cache_rl.engine.scheduler import SchedulerMixin
 from kv_cache_rl.engine.sequence import Sequence, State
 
 
-class Engine(ActionsMixin):
+class Engine(SchedulerMixin, ActionsMixin):
     """Serve ``trace`` on one GPU described by ``profile`` under ``config``.
 
     The constructor only builds state; nothing runs until :meth:`step` / :meth:`run_until`.
@@ -205,222 +206,6 @@ class Engine(ActionsMixin):
         n_full = min(req.input_toks, len(ids) * hbt) // bs
         ends = range(bs - 1, n_full * bs, bs)  # last token of each full block
         return [ids[e // hbt] * hbt + e % hbt for e in ends]
-
-    def _schedule(self):
-        """Schedule the running requests, then swapped and waiting ones (vLLM V1 order).
-
-        Decodes are the hot path: their token is accounted here (a decode always samples one
-        token), and only prefill chunks and finished requests are left to :meth:`_update`.
-        """
-        bs = self.config.block_size
-        reserve = self.pool.reserve
-        running = self.running
-        attention = self._attention_factor
-        quality = self._quality_cost
-        budget = self.config.max_num_batched_tokens
-        scheduled: list[tuple[Sequence, int]] = []  # prefill chunks, for _update
-        chunks: list[tuple[int, int]] = []
-        finished: list[Sequence] = []
-        kv_sum = 0.0
-        loss = 0.0
-        preempted = False
-        n_running = len(running)
-        i = 0
-        while i < n_running and budget > 0:
-            seq = running[i]
-            computed = seq.num_computed
-            out = seq.num_output
-            if out and seq.num_tokens - computed == 1 and computed % bs:
-                # the common case: a decode within its last block, no allocation needed
-                i += 1
-                budget -= 1
-                tier = seq.tier
-                if tier:
-                    kv_sum += (computed + 1) * attention[tier]
-                    loss += quality[tier]
-                else:
-                    kv_sum += computed + 1  # fp16's attention factor is 1 by definition
-                seq.num_computed = computed + 1
-                seq.num_tokens += 1
-                out += 1
-                seq.num_output = out
-                if out >= seq.max_output:
-                    finished.append(seq)
-                continue
-            n = seq.num_tokens - computed
-            if n > budget:
-                n = budget
-            if n == 1:  # blocks always cover exactly the computed tokens
-                need = 0 if computed % bs else 1
-            else:
-                need = (computed + n + bs - 1) // bs - len(seq.blocks)
-            if need > 0:
-                units = UNITS_PER_BLOCK >> seq.tier
-                while not reserve(need * units):
-                    victim = running.pop()
-                    n_running -= 1
-                    self._preempt(victim)
-                    preempted = True
-                    if victim is seq:
-                        break
-                else:
-                    seq.blocks.extend([Block(units) for _ in range(need)])
-                if seq.state != State.RUNNING:
-                    break
-            budget -= n
-            i += 1
-            if n == 1 and out and computed + 1 == seq.num_tokens:
-                # a decode that needed a block (not a recompute cut to 1 token by the budget)
-                tier = seq.tier
-                kv_sum += (computed + 1) * attention[tier]
-                if tier:
-                    loss += quality[tier]
-                seq.num_computed = computed + 1
-                seq.num_tokens += 1
-                seq.num_output = out + 1
-                if out + 1 >= seq.max_output:
-                    finished.append(seq)
-            else:
-                scheduled.append((seq, n))
-                chunks.append((n, computed))
-        num_decodes = i - len(scheduled)
-        self.stats.quality_loss += loss
-        self._preempted = preempted
-        if not preempted:
-            if self.swapped:
-                self._swap_in_requests()
-            if self.waiting and budget > 0:
-                budget = self._admit(scheduled, chunks, budget)
-        return scheduled, chunks, num_decodes, kv_sum, finished
-
-    def _admit(self, scheduled, chunks, budget: int) -> int:
-        """Admit waiting requests FCFS; the head that does not fit blocks the queue."""
-        bs = self.config.block_size
-        pool = self.pool
-        waiting, running = self.waiting, self.running
-        max_seqs = self.config.max_num_seqs
-        while waiting and budget > 0 and len(running) < max_seqs:
-            seq = waiting[0]
-            context = self._session_context.get(seq.session_id) if seq.session_id >= 0 else None
-            if context is not None and context.state == State.SWAPPED:
-                if not self._swap_in(context):
-                    break  # its context is coming back from host memory first
-            hits, hit_cost = self._prefix_hits(seq)
-            computed = len(hits) * bs
-            n = min(seq.num_tokens - computed, budget)
-            need = (computed + n + bs - 1) // bs - len(hits)
-            tier = seq.tier
-            for block in hits:  # a quantized shared prefix lowers this request's tier
-                if block.units < UNITS_PER_BLOCK >> tier:
-                    tier = 3 - block.units.bit_length()
-            units = UNITS_PER_BLOCK >> tier
-            if need * units + hit_cost > pool.allocatable_units:
-                break
-            seq.tier = tier
-            for block in hits:
-                pool.touch(block)
-            pool.reserve(need * units)
-            seq.blocks = hits + [Block(units) for _ in range(need)]
-            seq.num_computed = computed
-            seq.num_registered = min(len(hits), len(seq.shared_keys))
-            seq.state = State.RUNNING
-            waiting.popleft()
-            running.append(seq)
-            if context is not None:
-                self._release(context)  # the new turn now holds the context's blocks
-            scheduled.append((seq, n))
-            chunks.append((n, computed))
-            budget -= n
-        return budget
-
-    def _prefix_hits(self, seq: Sequence) -> tuple[list[Block], int]:
-        """Longest run of cached full blocks at the start of ``seq`` (vLLM get_computed_blocks),
-        and the units that touching them takes from the allocatable space."""
-        if not self.config.enable_prefix_caching or not (seq.shared_keys or seq.num_preemptions):
-            return [], 0
-        memo = self._hits_memo
-        if memo is not None and memo[0] is seq and memo[1] == self.pool.version \
-                and memo[2] == seq.num_tokens:
-            return memo[3], memo[4]
-        hits, cost = self._lookup_hits(seq)
-        self._hits_memo = (seq, self.pool.version, seq.num_tokens, hits, cost)
-        return hits, cost
-
-    def _lookup_hits(self, seq: Sequence) -> tuple[list[Block], int]:
-        get = self.pool.cached.get
-        hits: list[Block] = []
-        cost = 0
-        # at least the last token is always recomputed, so its logits can be sampled
-        limit = (seq.num_tokens - 1) // self.config.block_size
-        keys = seq.shared_keys
-        for key in keys[:limit]:
-            block = get(key)
-            if block is None:
-                return hits, cost
-            hits.append(block)
-            if not block.ref:
-                cost += block.units
-        for j in range(len(keys), limit):  # a preempted request's own blocks
-            block = get((seq.seq_id, j))
-            if block is None:
-                break
-            hits.append(block)
-            if not block.ref:
-                cost += block.units
-        return hits, cost
-
-    def _update(self, scheduled, finished: list[Sequence]) -> int:
-        """Advance prefill chunks, sample their tokens, finish requests; return tokens made."""
-        now = self.now
-        quality = self._quality_cost
-        generated = 0
-        for seq, n in scheduled:
-            start = seq.num_computed
-            computed = start + n
-            if start < seq.high_water:  # recomputing what a preemption or eviction dropped
-                self.stats.recomputed_tokens += min(computed, seq.high_water) - start
-            seq.num_computed = computed
-            if seq.num_registered < len(seq.shared_keys):
-                self._register(seq)
-            if computed >= seq.num_tokens:
-                seq.num_output += 1
-                seq.num_tokens += 1
-                generated += 1
-                if seq.tier:
-                    self.stats.quality_loss += quality[seq.tier]
-                if seq.first_token_s < 0:
-                    seq.first_token_s = now
-                if seq.num_output >= seq.max_output:
-                    finished.append(seq)
-        if finished:
-            for seq in finished:
-                self._finish(seq)
-            self.running = [s for s in self.running if s.state == State.RUNNING]
-        return generated
-
-    def _register(self, seq: Sequence) -> None:
-        """Publish newly completed shareable prompt blocks in the prefix cache."""
-        limit = min(len(seq.shared_keys), seq.num_computed // self.config.block_size)
-        if limit > seq.num_registered:
-            self.pool.cache_many(seq.blocks, seq.shared_keys, seq.num_registered, limit)
-            seq.num_registered = limit
-
-    def _preempt(self, seq: Sequence) -> None:
-        """vLLM V1 recompute preemption: free the KV into the prefix cache, requeue first."""
-        full = seq.num_computed // self.config.block_size
-        cache = self.pool.cache
-        for j, block in enumerate(seq.blocks[:full]):
-            if block.hash is None and block.ref == 1:
-                cache(block, (seq.seq_id, j))  # its own blocks stay hit-able until evicted
-        self.pool.free(reversed(seq.blocks))
-        seq.blocks = []
-        seq.high_water = max(seq.high_water, seq.num_computed)
-        seq.num_computed = 0
-        seq.num_registered = 0
-        seq.num_preemptions += 1
-        seq.state = State.WAITING
-        self.waiting.appendleft(seq)
-        self.stats.preemptions += 1
 
     def _reclaim_pinned(self) -> bool:
         """Nothing runs and the queue head does not fit: release the least recently used
