@@ -32,7 +32,7 @@ class Sequence:
         "seq_id", "req", "kind", "state", "prompt_len", "max_output", "num_output",
         "num_computed", "blocks", "shared_keys", "num_registered", "tier", "arrival_s",
         "first_token_s", "finish_s", "last_active_s", "expires_s", "swapped_from",
-        "num_preemptions", "recomputed_tokens", "num_kv_tokens", "session_id", "priority",
+        "num_preemptions", "num_kv_tokens", "session_id", "priority",
         "high_water", "cpu_units", "cpu_keys", "evicted", "num_tokens",
         "_obs_memo",
     )
@@ -59,7 +59,6 @@ class Sequence:
         self.expires_s = float("inf")
         self.swapped_from = State.RUNNING
         self.num_preemptions = 0
-        self.recomputed_tokens = 0
         self.num_kv_tokens = 0  # retained holders: tokens their blocks hold
         self.session_id = req.session_id if req is not None else -1
         self.priority = req.priority if req is not None else 0
