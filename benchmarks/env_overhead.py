@@ -35,19 +35,10 @@ sys.path.insert(0, str(ROOT / "environments" / "kv_cache_eviction"))
 
 
 def _turns(difficulty: str, seed: int, steps: int) -> list:
-    from kv_cache_rl.policies import make_policy
-    from kv_cache_rl.runner import play
-    from kv_cache_rl.scenario import make_scenario
+    """What compress_first plays (the same turns every adapter is driven with)."""
+    from kv_cache_eviction.common import policy_turns
 
-    episode = play(make_scenario(difficulty, seed, steps=steps), make_policy("compress_first"))
-    turns = []
-    for step in episode.history:
-        calls = []
-        for action in step:
-            kind, _, rest = action.partition("(")
-            calls.append((kind, "{}" if rest == ")" else json.dumps({"seq_id": int(rest[:-1])})))
-        turns.append(calls or [("keep", "{}")])
-    return turns
+    return policy_turns(difficulty, seed, "compress_first", steps=steps)
 
 
 class Clock:

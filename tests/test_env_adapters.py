@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT / "environments" / "kv_cache_eviction"))
 
 from kv_cache_eviction.common import (CACHE, EnvArgs, EpisodeCache, after_step,  # noqa: E402
                                       attach, call_error, carrier_index, new_episode, play_turns,
+                                      policy_turns,
                                       user_prompt)
 
 VENVS = {"v0": ROOT / ".venvs" / "vf031", "v1": ROOT / ".venvs" / "vf04"}
@@ -283,23 +284,11 @@ def test_task_list_interleaves_difficulties_like_bench():
 
 # ---- the adapters, in process, against the core ---------------------------------------------
 
-def policy_turns(difficulty: str, seed: int, policy: str, steps: int) -> list:
-    episode = play(make_scenario(difficulty, seed, steps=steps), make_policy(policy))
-    turns = []
-    for step in episode.history:
-        calls = []
-        for action in step:
-            kind, _, rest = action.partition("(")
-            calls.append((kind, "{}" if rest == ")" else json.dumps({"seq_id": int(rest[:-1])})))
-        turns.append(calls or [("keep", "{}")])
-    return turns
-
-
 CASES = [
     {"difficulty": "hard", "seed": 7, "steps": 6, "max_calls_per_step": 3,
      "turns": bad_turns("hard", 7, 6, 3)},
     {"difficulty": "medium", "seed": 11, "steps": 15, "max_calls_per_step": 8,
-     "turns": policy_turns("medium", 11, "compress_first", 15)},
+     "turns": policy_turns("medium", 11, "compress_first", steps=15)},
     {"difficulty": "easy", "seed": 2, "steps": 5, "max_calls_per_step": 8,
      "turns": [[], [("swap_to_cpu", '{"seq_id": 1}')], [], [], [("keep", "{}")]]},
 ]

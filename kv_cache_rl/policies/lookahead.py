@@ -14,6 +14,7 @@ from kv_cache_rl.episode import Action
 from kv_cache_rl.policies.base import Policy
 from kv_cache_rl.policies.compress_first import CompressFirstPolicy
 from kv_cache_rl.policies.hybrid import HybridPolicy
+from kv_cache_rl.runner import apply_actions, play_out
 
 
 class LookaheadPolicy(Policy):
@@ -37,14 +38,9 @@ class LookaheadPolicy(Policy):
 
     def _rollout(self, episode, actions) -> float:
         trial = episode.clone()
-        for action in actions[: trial.max_calls_per_step]:
-            trial.call(action.kind, None if action.seq_id is None else {"seq_id": action.seq_id})
+        apply_actions(trial, actions)
         trial.advance()
-        while not trial.done:
-            for action in self.base.act(trial.observation)[: trial.max_calls_per_step]:
-                trial.call(action.kind, {"seq_id": action.seq_id})
-            trial.advance()
-        return trial.score()["reward"]
+        return play_out(trial, self.base).score()["reward"]
 
     def act(self, obs, episode=None):
         if episode is None:

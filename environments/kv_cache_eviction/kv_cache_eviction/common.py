@@ -198,6 +198,18 @@ def play_turns(difficulty: str, seed: int, turns: list, *, steps: int = DEFAULT_
     return {"results": results, "observations": observations, "scores": scores(episode)}
 
 
+def policy_turns(difficulty: str, seed: int, policy: str, *, steps: int = DEFAULT_STEPS) -> list:
+    """The turns a built-in policy plays in ``runner.play`` (every call it made, as ``(name, raw
+    JSON arguments)``; a step with no call becomes ``keep()``), for replaying through adapters."""
+    from kv_cache_rl.policies import make_policy
+    from kv_cache_rl.runner import play
+    from kv_cache_rl.scenario import make_scenario
+
+    episode = play(make_scenario(difficulty, seed, steps=steps), make_policy(policy))
+    return [[(name, json.dumps(args or {})) for name, args in step] or [("keep", "{}")]
+            for step in episode.calls]
+
+
 # ---- live episodes from plain state ------------------------------------------------------------
 
 def plain_state(episode: Episode) -> dict:
