@@ -8,7 +8,6 @@ same text) and the fixed-size arrays of the Gymnasium env.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from operator import attrgetter
 
 from kv_cache_rl.engine import UNITS_PER_BLOCK, Sequence, State
 
@@ -22,7 +21,6 @@ KIND_VALUE = {"reasoning": 0.95, "ephemeral": 0.85, "context": 0.55, "generation
               "system": 0.0}
 CONTEXT_PAUSE_S = 30.0  # tool-call pauses last 2-30 s (Dynamo): idle longer, less likely back
 TOP_K = 6  # entries listed per table (12 rows keep the text under 600 tokens)
-_units = attrgetter("units")
 
 
 @dataclass(frozen=True)
@@ -55,34 +53,51 @@ def eviction_value(kind: str, priority: int, progress: float, idle_s: float) -> 
     return round(min(max(value, 0.0), 1.0), 3)
 
 
-def _own_units(seq: Sequence) -> int:
+def _own_units(seq: Sequence, units_of: list[int]) -> int:
     """Units this sequence would free if evicted: all its blocks except the system prefix,
-    which every request shares (memoised per sequence while its blocks and tier are unchanged).
+    which every request shares.
+
+    Memoised per sequence: while its block list only grows (same list, tier and state), the
+    blocks it already had keep their size (only compressing the sequence itself shrinks a
+    block it holds, apart from the system prefix), so only the new blocks are added.
     """
-    key = (len(seq.blocks), seq.tier, seq.state)
+    blocks = seq.blocks
     memo = seq._obs_memo
-    if memo is not None and memo[0] == key:
-        return memo[1]
-    units = sum(map(_units, seq.blocks))
-    if seq.kind == "generation" and seq.req is not None and seq.req.system_toks:
-        # a request reads the shared system prefix; retained holders never include it
-        units -= sum(map(_units, seq.blocks[: seq.req.system_toks // 16]))
-    seq._obs_memo = (key, units)
+    if memo is not None and memo[0] is blocks and memo[1] == seq.tier and memo[2] == seq.state:
+        done = memo[3]
+        if done == len(blocks):
+            return memo[4]
+        units = memo[4] + sum(map(units_of.__getitem__, blocks[done:]))
+    else:
+        units = sum(map(units_of.__getitem__, blocks))
+        if seq.kind == "generation" and seq.req is not None and seq.req.system_toks:
+            # a request reads the shared system prefix; retained holders never include it
+            units -= sum(map(units_of.__getitem__, blocks[: seq.req.system_toks // 16]))
+    seq._obs_memo = (blocks, seq.tier, seq.state, len(blocks), units)
     return units
 
 
-def make_entry(seq: Sequence, now: float) -> Entry:
-    own_units = 0 if seq.state == State.SWAPPED else _own_units(seq)
+def _ranked(seq: Sequence, now: float, units_of: list[int]) -> tuple:
+    """What ranking needs (own units, eviction value, progress, idle), without an Entry."""
+    swapped = seq.state == State.SWAPPED
+    own_units = 0 if swapped else _own_units(seq, units_of)
     progress = seq.num_output / seq.max_output if seq.kind == "generation" and seq.max_output \
         else 1.0
-    if seq.state == State.RUNNING:
-        idle = 0.0
-    else:
-        idle = max(0.0, now - seq.last_active_s)
-    kind = seq.kind
-    return Entry(seq.seq_id, kind, seq.kv_tokens, own_units / UNITS_PER_BLOCK, seq.tier,
+    idle = 0.0 if seq.state == State.RUNNING else max(0.0, now - seq.last_active_s)
+    return (own_units, eviction_value(seq.kind, seq.priority, progress, idle), progress, idle,
+            seq)
+
+
+def _entry(row: tuple) -> Entry:
+    own_units, value, progress, idle, seq = row
+    return Entry(seq.seq_id, seq.kind, seq.kv_tokens, own_units / UNITS_PER_BLOCK, seq.tier,
                  seq.state == State.SWAPPED, seq.priority, round(progress, 3), round(idle, 1),
-                 eviction_value(kind, seq.priority, progress, idle))
+                 value)
+
+
+def make_entry(seq: Sequence, now: float, units_of: list[int]) -> Entry:
+    """The observable entry of one cached sequence (``units_of``: ``BlockPool.units``)."""
+    return _entry(_ranked(seq, now, units_of))
 
 
 @dataclass(frozen=True)
@@ -158,14 +173,20 @@ def _num(x: float) -> str:
 def observe(engine, *, step: int, steps_total: int, above: int, last_pending: int) -> Observation:
     """Summarise ``engine`` for an agent at the start of ``step``."""
     now = engine.now
-    entries = [make_entry(s, now) for s in engine.cached_sequences()]
-    overview = {}
-    for kind in KIND_ORDER:
-        of_kind = [e for e in entries if e.kind == kind]
-        overview[kind] = (len(of_kind), sum(1 for e in of_kind if e.tier),
-                          sum(1 for e in of_kind if e.on_cpu))
-    top_memory = sorted(entries, key=lambda e: (-e.blocks, e.seq_id))[:TOP_K]
-    candidates = sorted(entries, key=lambda e: (-e.eviction_value, -e.blocks, e.seq_id))[:TOP_K]
+    units_of = engine.pool.units
+    rows = [_ranked(s, now, units_of) for s in engine.cached_sequences()]
+    counts = {kind: [0, 0, 0] for kind in KIND_ORDER}  # count, compressed, on cpu
+    for row in rows:
+        seq = row[4]
+        c = counts[seq.kind]
+        c[0] += 1
+        c[1] += seq.tier > 0
+        c[2] += seq.state == State.SWAPPED
+    overview = {kind: tuple(c) for kind, c in counts.items()}
+    # entries are built for the listed rows only (a hard scenario caches hundreds)
+    top_memory = [_entry(r) for r in sorted(rows, key=lambda r: (-r[0], r[4].seq_id))[:TOP_K]]
+    candidates = [_entry(r) for r in
+                  sorted(rows, key=lambda r: (-r[1], -r[0], r[4].seq_id))[:TOP_K]]
     waiting = engine.waiting
     return Observation(
         step=step, steps_total=steps_total, memory_usage=round(engine.pool.usage, 4),

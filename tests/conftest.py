@@ -160,7 +160,7 @@ def snapshot(engine: Engine, *, identity: bool = True) -> tuple:
     pool = engine.pool
     seqs = tuple(sorted(
         (s.seq_id, s.kind, int(s.state), s.num_computed, s.num_output, s.tier, s.cpu_units,
-         tuple((id(b) if identity else 0, b.ref, b.units, b.hash) for b in s.blocks),
+         tuple((b if identity else 0, pool.ref[b], pool.units[b], pool.key[b]) for b in s.blocks),
          s.high_water, s.evicted)
         for s in engine.live.values()))
     return (pool.free_units, pool.evictable_units, pool.used_units, tuple(pool.cached),
@@ -197,6 +197,7 @@ def check_invariants(engine: Engine) -> None:
     queued = set(ids)
 
     held: list = []  # GPU blocks referenced by live sequences, once per reference
+    host_held: list = []  # blocks whose KV is in host memory
     cpu_used = 0
     retained_states = (State.RETAINED, State.SWAPPED)
     for sid, s in engine.live.items():
@@ -218,27 +219,34 @@ def check_invariants(engine: Engine) -> None:
             if state != State.WAITING:
                 assert len(s.blocks) == -(-s.num_computed // bs), s
         if state == State.SWAPPED:
-            moved = [b for b in s.blocks if b.ref == 0]
-            assert moved and s.cpu_units == sum(b.units for b in moved)
-            assert all(b.hash is None for b in moved)
+            moved = [b for b in s.blocks if pool.ref[b] == 0]
+            assert moved and s.cpu_units == sum(pool.units[b] for b in moved)
+            assert all(pool.key[b] is None for b in moved)
             cpu_used += s.cpu_units
-            held += [b for b in s.blocks if b.ref]
+            host_held += moved
+            held += [b for b in s.blocks if pool.ref[b]]
         else:
             assert s.cpu_units == 0
             held += s.blocks
     # every referenced block is held by live sequences exactly ``ref`` times (so none of them
     # is free), and they are all the used space: no leak, no double count
-    counts = Counter(map(id, held))
-    by_id = {id(b): b for b in held}
-    wrong = [(b, counts[bid]) for bid, b in by_id.items() if b.ref != counts[bid]]
+    counts = Counter(held)
+    wrong = [(pool.describe(b), n) for b, n in counts.items() if pool.ref[b] != n]
     assert not wrong, f"blocks held a different number of times than referenced: {wrong[:3]}"
-    assert {b.units for b in by_id.values()} <= {1, 2, 4}
-    assert sum(b.units for b in by_id.values()) == pool.used_units
-    assert by_id.keys().isdisjoint({id(x) for x in pool._evictable.values()})
+    assert {pool.units[b] for b in counts} <= {1, 2, 4}
+    assert sum(pool.units[b] for b in counts) == pool.used_units
+    evictable = set(pool._evictable.values())
+    assert counts.keys().isdisjoint(evictable)
     for key, b in pool._evictable.items():
-        assert b.ref == 0 and b.hash == key and pool.cached.get(key) is b
+        assert pool.ref[b] == 0 and pool.key[b] == key and pool.cached.get(key) == b
     for key, b in pool.cached.items():
-        assert b.ref > 0 or key in pool._evictable
+        assert pool.ref[b] > 0 or key in pool._evictable
+    # every block id is exactly one of: referenced, in host memory, evictable, spare (no leak)
+    host, spare = set(host_held), set(pool.spare)
+    assert len(host) == len(host_held), "a host block is held twice"
+    groups = (set(counts), host, evictable, spare)
+    assert sum(map(len, groups)) == len(pool.ref) == len(set().union(*groups)), \
+        "a block id leaked or is in two places at once"
     assert cpu_used == engine.cpu_total_units - engine.cpu_free_units
     assert 0 <= engine.cpu_free_units <= engine.cpu_total_units
     # retained holders
@@ -283,10 +291,11 @@ class Tracker:
             return orig_time(chunks, num_decodes, kv_sum)
 
         def hits(seq):
-            result = orig_hits(seq)  # (hits, units their touch costs) or just the hits
-            found = result[0] if isinstance(result, tuple) else result
-            if isinstance(result, tuple):
-                assert result[1] == engine.pool.hit_cost_units(found), "stale hit cost"
+            result = orig_hits(seq)  # (hits, units their touch costs, smallest hit's units)
+            found = result[0]
+            assert result[1] == engine.pool.hit_cost_units(found), "stale hit cost"
+            assert result[2] == min((engine.pool.units[b] for b in found), default=4), \
+                "stale hit size"
             self._pending_hits[seq.seq_id] = (seq, len(found) * bs, seq.high_water)
             return result
 

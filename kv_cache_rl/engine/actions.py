@@ -103,14 +103,8 @@ class ActionsMixin:
                 f"sequence {seq_id} is already at the lowest precision "
                 f"({self.profile.tiers[last].name})")
         tier = seq.tier + 1
-        target = UNITS_PER_BLOCK >> tier
-        freed = 0
-        shared_too = seq.kind == "system"
-        for block in seq.blocks:
-            if block.units > target and (block.ref == 1 or shared_too):
-                freed += block.units - target
-                block.units = target
-        self.pool.release_units(freed)
+        freed = self.pool.shrink_private(seq.blocks, UNITS_PER_BLOCK >> tier,
+                                         shared_too=seq.kind == "system")
         seq.tier = tier
         return freed
 
@@ -119,8 +113,10 @@ class ActionsMixin:
         seq = self.sequence(seq_id)
         if seq.state == State.SWAPPED:
             raise InvalidStateError(f"sequence {seq_id} is already in host memory")
-        moved = [(j, b) for j, b in enumerate(seq.blocks) if b.ref == 1]
-        units = sum(b.units for _, b in moved)
+        pool = self.pool
+        ref, size, key = pool.ref, pool.units, pool.key
+        moved = [(j, b) for j, b in enumerate(seq.blocks) if ref[b] == 1]
+        units = sum(size[b] for _, b in moved)
         if not moved:
             raise InvalidStateError(f"sequence {seq_id} holds no blocks of its own to swap")
         if units > self.cpu_free_units:
@@ -128,11 +124,11 @@ class ActionsMixin:
                 f"host swap space is full ({self.cpu_free_units // UNITS_PER_BLOCK} free blocks, "
                 f"sequence {seq_id} needs {units / UNITS_PER_BLOCK:g})")
         for j, block in moved:
-            if block.hash is not None:
-                seq.cpu_keys.append((j, block.hash))
-                self.pool.uncache(block)
-            block.ref = 0  # held by the host copy, not by the GPU pool
-        self.pool.release_units(units)
+            if key[block] is not None:
+                seq.cpu_keys.append((j, key[block]))
+                pool.uncache(block)
+            ref[block] = 0  # held by the host copy, not by the GPU pool
+        pool.release_units(units)
         self.cpu_free_units -= units
         seq.cpu_units = units
         seq.swapped_from = seq.state
@@ -155,9 +151,10 @@ class ActionsMixin:
     def _swap_in(self, seq: Sequence) -> bool:
         if not self.pool.reserve(seq.cpu_units):
             return False
+        ref = self.pool.ref
         for block in seq.blocks:
-            if block.ref == 0:
-                block.ref = 1
+            if ref[block] == 0:
+                ref[block] = 1
         for j, key in seq.cpu_keys:
             self.pool.cache(seq.blocks[j], key)
         nbytes = seq.cpu_units * self.unit_bytes
@@ -179,15 +176,20 @@ class ActionsMixin:
 
     def _drop_kv(self, seq: Sequence) -> None:
         """Discard a sequence's KV for good: its own blocks leave the prefix cache too."""
+        pool = self.pool
+        ref, key = pool.ref, pool.key
         if seq.state == State.SWAPPED:
             self.cpu_free_units += seq.cpu_units
             seq.cpu_units = 0
             seq.cpu_keys = []
-        on_gpu = [b for b in seq.blocks if b.ref > 0]
+            pool.discard([b for b in seq.blocks if ref[b] == 0])
+            on_gpu = [b for b in seq.blocks if ref[b] > 0]
+        else:
+            on_gpu = seq.blocks
         for block in on_gpu:
-            if block.ref == 1 and block.hash is not None:
-                self.pool.uncache(block)
-        self.pool.free(reversed(on_gpu))
+            if ref[block] == 1 and key[block] is not None:
+                pool.uncache(block)
+        pool.free(reversed(on_gpu))
         seq.blocks = []
 
     def _forget(self, seq: Sequence) -> None:

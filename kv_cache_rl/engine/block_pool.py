@@ -5,9 +5,15 @@ cache and joins the tail of the free queue; allocation takes truly free space fi
 cached free blocks from the head (least recently freed). Misuse (double free) raises;
 "does not fit" is a soft failure the scheduler acts on (``allocate`` returns ``None``).
 
+Blocks are integer ids, as in vLLM; their state lives in three parallel lists indexed by id
+(``ref``, ``units``, ``key``) rather than in one object per block. A hard scenario holds 20-40k
+blocks, and lookahead copies the engine dozens of times per step: copying three lists is a
+C-level memcpy, copying 40k objects is not.
+
 One extension: blocks can hold quantized KV. Space is counted in *units*, a quarter of an fp16
 block, so an int8 block costs 2 units and an int4 block 1. With fp16 only, this is exactly vLLM's
-block accounting (every block 4 units).
+block accounting (every block 4 units). A block whose KV sits in host memory keeps its id (and
+its size) with no reference on the GPU; :meth:`BlockPool.discard` returns such ids.
 """
 
 from __future__ import annotations
@@ -22,22 +28,13 @@ class BlockPoolError(RuntimeError):
     """A block was freed or referenced in a way that breaks the pool's invariants."""
 
 
-class Block:
-    """One logical KV block (``block_size`` tokens) at some precision tier."""
-
-    __slots__ = ("hash", "ref", "units")
-
-    def __init__(self, units: int) -> None:
-        self.hash: Hashable | None = None
-        self.ref = 1
-        self.units = units
-
-    def __repr__(self) -> str:
-        return f"Block(hash={self.hash!r}, ref={self.ref}, units={self.units})"
-
-
 class BlockPool:
-    """Fixed-capacity pool of ``num_blocks`` fp16 blocks with prefix caching."""
+    """Fixed-capacity pool of ``num_blocks`` fp16 blocks with prefix caching.
+
+    ``ref[b]``, ``units[b]`` and ``key[b]`` are block ``b``'s reference count, size in units and
+    prefix-cache key (``None`` when unpublished). Read them freely; change them only through
+    the methods, which keep the accounting.
+    """
 
     def __init__(self, num_blocks: int, *, enable_caching: bool = True) -> None:
         if num_blocks <= 0:
@@ -46,13 +43,28 @@ class BlockPool:
         self.total_units = num_blocks * UNITS_PER_BLOCK
         self.enable_caching = enable_caching
         self.free_units = self.total_units  # held by no block at all
-        self.cached: dict[Hashable, Block] = {}  # hash -> block, referenced or not
-        self._evictable: OrderedDict[Hashable, Block] = OrderedDict()  # ref == 0, LRU first
+        self.ref: list[int] = []
+        self.units: list[int] = []
+        self.key: list[Hashable | None] = []
+        self.spare: list[int] = []  # ids in no use at all (popped from the end)
+        self.cached: dict[Hashable, int] = {}  # key -> block, referenced or not
+        self._evictable: OrderedDict[Hashable, int] = OrderedDict()  # ref == 0, LRU first
         self.evictable_units = 0
         self.evicted_blocks = 0  # cached blocks reclaimed for new allocations
-        # bumped whenever a prefix-cache lookup could answer differently (membership or a
-        # 0 <-> 1 reference change), so the scheduler can reuse a blocked head's hits
+        # bumped whenever a prefix-cache lookup could answer differently (membership, a
+        # 0 <-> 1 reference change, a block's size), so the scheduler can reuse a blocked
+        # head's hits
         self.version = 0
+
+    def copy(self) -> BlockPool:
+        """An independent copy (block ids are the same in both)."""
+        new = BlockPool.__new__(BlockPool)
+        new.__dict__.update(self.__dict__)
+        new.ref, new.units, new.key = self.ref[:], self.units[:], self.key[:]
+        new.spare = self.spare[:]
+        new.cached = self.cached.copy()
+        new._evictable = self._evictable.copy()
+        return new
 
     # ---- accounting -------------------------------------------------------------------
     @property
@@ -78,96 +90,157 @@ class BlockPool:
         """Make ``units`` truly free (evicting LRU cached blocks) and take them; False if short."""
         if units > self.free_units + self.evictable_units:
             return False
-        evictable = self._evictable
         if self.free_units < units:
             self.version += 1
-        while self.free_units < units:
-            key, block = evictable.popitem(last=False)
-            del self.cached[key]
-            block.hash = None
-            self.evictable_units -= block.units
-            self.free_units += block.units
-            self.evicted_blocks += 1
+            evictable, cached, key, size = self._evictable, self.cached, self.key, self.units
+            spare = self.spare
+            while self.free_units < units:
+                k, b = evictable.popitem(last=False)
+                del cached[k]
+                key[b] = None
+                spare.append(b)
+                self.evictable_units -= size[b]
+                self.free_units += size[b]
+                self.evicted_blocks += 1
         self.free_units -= units
         return True
 
-    def allocate(self, count: int, units_each: int = UNITS_PER_BLOCK) -> list[Block] | None:
+    def take(self, count: int, units_each: int) -> list[int]:
+        """``count`` new block ids with a reference each, for units already reserved."""
+        spare = self.spare
+        if len(spare) < count:
+            grow = max(count, len(self.ref) // 2, 64)
+            start = len(self.ref)
+            self.ref += [0] * grow
+            self.units += [0] * grow
+            self.key += [None] * grow
+            spare[:0] = range(start + grow - 1, start - 1, -1)  # lowest ids are taken first
+        ids = spare[-count:] if count else []
+        del spare[len(spare) - count:]
+        ref, size = self.ref, self.units
+        for b in ids:
+            ref[b] = 1
+            size[b] = units_each
+        return ids
+
+    def allocate(self, count: int, units_each: int = UNITS_PER_BLOCK) -> list[int] | None:
         """``count`` new blocks with a reference each, or ``None`` if they do not fit."""
         if not self.reserve(count * units_each):
             return None
-        return [Block(units_each) for _ in range(count)]
+        return self.take(count, units_each)
 
-    def lookup(self, key: Hashable) -> Block | None:
+    def lookup(self, key: Hashable) -> int | None:
         return self.cached.get(key)
 
-    def touch(self, block: Block) -> None:
+    def touch(self, block: int) -> None:
         """Take a reference to a cached block (a prefix-cache hit)."""
-        if block.ref == 0:
-            del self._evictable[block.hash]
-            self.evictable_units -= block.units
+        if self.ref[block] == 0:
+            del self._evictable[self.key[block]]
+            self.evictable_units -= self.units[block]
             self.version += 1
-        block.ref += 1
+        self.ref[block] += 1
 
-    def hit_cost_units(self, blocks: Iterable[Block]) -> int:
+    def touch_many(self, blocks: list[int]) -> None:
+        """:meth:`touch` each of ``blocks`` (a request's prefix hits)."""
+        ref, evictable = self.ref, self._evictable
+        revived = 0
+        for b in blocks:
+            if ref[b] == 0:
+                del evictable[self.key[b]]
+                revived += self.units[b]
+            ref[b] += 1
+        if revived:
+            self.evictable_units -= revived
+            self.version += 1
+
+    def hit_cost_units(self, blocks: Iterable[int]) -> int:
         """Units that touching ``blocks`` would take out of the allocatable space."""
-        return sum(b.units for b in blocks if b.ref == 0)
+        ref, units = self.ref, self.units
+        return sum([units[b] for b in blocks if not ref[b]])
 
-    def cache(self, block: Block, key: Hashable) -> None:
+    def cache(self, block: int, key: Hashable) -> None:
         """Publish a full block under ``key`` so later requests can hit it."""
-        if not self.enable_caching or block.hash is not None or key in self.cached:
+        if not self.enable_caching or self.key[block] is not None or key in self.cached:
             return
-        block.hash = key
+        self.key[block] = key
         self.cached[key] = block
         self.version += 1
 
-    def cache_many(self, blocks: list[Block], keys: list, start: int, stop: int) -> None:
+    def cache_many(self, blocks: list[int], keys: list, start: int, stop: int) -> None:
         """``cache(blocks[j], keys[j])`` for ``j`` in ``[start, stop)``, in one pass."""
         if not self.enable_caching:
             return
-        cached = self.cached
-        for j in range(start, stop):
-            block, key = blocks[j], keys[j]
-            if block.hash is None and key not in cached:
-                block.hash = key
-                cached[key] = block
+        cached, own = self.cached, self.key
+        for b, k in zip(blocks[start:stop], keys[start:stop]):
+            if own[b] is None and k not in cached:
+                own[b] = k
+                cached[k] = b
         self.version += 1
 
-    def uncache(self, block: Block) -> None:
+    def uncache(self, block: int) -> None:
         """Withdraw a block from the prefix cache (its KV is being dropped or moved)."""
-        if block.hash is None:
+        k = self.key[block]
+        if k is None:
             return
-        if block.ref == 0:
-            raise BlockPoolError(f"uncache of a free block {block!r}")
-        del self.cached[block.hash]
-        block.hash = None
+        if self.ref[block] == 0:
+            raise BlockPoolError(f"uncache of a free block {self.describe(block)}")
+        del self.cached[k]
+        self.key[block] = None
         self.version += 1
 
-    def free(self, blocks: Iterable[Block]) -> None:
+    def free(self, blocks: Iterable[int]) -> None:
         """Drop one reference from each block; unreferenced cached blocks become evictable.
 
         Pass blocks tail first (as vLLM does) so a sequence's last blocks are evicted first.
         """
-        for block in blocks:
-            if block.ref <= 0:
-                raise BlockPoolError(f"double free of {block!r}")
-            block.ref -= 1
-            if block.ref:
-                continue
-            if block.hash is not None:
-                self._evictable[block.hash] = block
-                self.evictable_units += block.units
-                self.version += 1
+        ref, key, units, spare, evictable = self.ref, self.key, self.units, self.spare, \
+            self._evictable
+        freed = revived = 0
+        for b in blocks:
+            r = ref[b]
+            if r <= 1:
+                if r <= 0:
+                    raise BlockPoolError(f"double free of {self.describe(b)}")
+                ref[b] = 0
+                k = key[b]
+                if k is not None:
+                    evictable[k] = b
+                    revived += units[b]
+                else:
+                    freed += units[b]
+                    spare.append(b)
             else:
-                self.free_units += block.units
+                ref[b] = r - 1
+        self.free_units += freed
+        if revived:
+            self.evictable_units += revived
+            self.version += 1
 
-    def resize(self, block: Block, units: int) -> None:
+    def resize(self, block: int, units: int) -> None:
         """Change a referenced block's size in place (quantization); frees the difference."""
-        if block.ref <= 0:
-            raise BlockPoolError(f"resize of a free block {block!r}")
-        if units > block.units:
+        if self.ref[block] <= 0:
+            raise BlockPoolError(f"resize of a free block {self.describe(block)}")
+        if units > self.units[block]:
             raise BlockPoolError("resize can only shrink a block")
-        self.free_units += block.units - units
-        block.units = units
+        self.free_units += self.units[block] - units
+        self.units[block] = units
+        self.version += 1
+
+    def shrink_private(self, blocks: list[int], units: int, *, shared_too: bool = False) -> int:
+        """Resize every block of ``blocks`` held only once (or all, ``shared_too``) to ``units``
+        where larger; return the units freed (quantizing one sequence's KV)."""
+        ref, size = self.ref, self.units
+        if shared_too:
+            shrink = [b for b in blocks if size[b] > units]
+        else:
+            shrink = [b for b in blocks if size[b] > units and ref[b] == 1]
+        freed = sum(map(size.__getitem__, shrink)) - units * len(shrink)
+        for b in shrink:
+            size[b] = units
+        if freed:
+            self.free_units += freed
+            self.version += 1  # a prefix hit's size can decide an admitted request's tier
+        return freed
 
     def release_units(self, units: int) -> None:
         """Return units taken with ``reserve`` that no block holds (blocks moved off the GPU)."""
@@ -175,13 +248,30 @@ class BlockPool:
         if self.free_units > self.total_units:
             raise BlockPoolError("more units returned than the pool holds")
 
+    def discard(self, blocks: Iterable[int]) -> None:
+        """Return ids that hold no GPU space (KV dropped from host memory) to the spare list."""
+        for b in blocks:
+            if self.ref[b] or self.key[b] is not None:
+                raise BlockPoolError(f"discard of a block in use {self.describe(b)}")
+            self.spare.append(b)
+
+    def describe(self, block: int) -> str:
+        return f"block {block} (key={self.key[block]!r}, ref={self.ref[block]}, " \
+               f"units={self.units[block]})"
+
     def check(self) -> None:
         """Verify the conservation invariants (for tests)."""
-        evictable = sum(b.units for b in self._evictable.values())
+        evictable = sum(self.units[b] for b in self._evictable.values())
         if evictable != self.evictable_units:
             raise BlockPoolError(f"evictable units {self.evictable_units} != {evictable}")
         if not 0 <= self.free_units <= self.total_units or self.used_units < 0:
             raise BlockPoolError(f"free {self.free_units} / used {self.used_units} out of range")
-        for key, block in self.cached.items():
-            if block.hash != key:
-                raise BlockPoolError(f"cache key {key!r} maps to {block!r}")
+        for k, b in self.cached.items():
+            if self.key[b] != k:
+                raise BlockPoolError(f"cache key {k!r} maps to {self.describe(b)}")
+        spare = set(self.spare)
+        if len(spare) != len(self.spare):
+            raise BlockPoolError("a spare block id is listed twice")
+        busy = [b for b in spare if self.ref[b] or self.key[b] is not None]
+        if busy:
+            raise BlockPoolError(f"spare {self.describe(busy[0])} is in use")

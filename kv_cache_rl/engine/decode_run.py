@@ -1,7 +1,7 @@
 """Pure-decode fast path: many identical-shape iterations in one pass, exactly.
 
-When every running request is decoding, no request can be admitted (empty queue or
-``max_num_seqs`` reached), nothing is swapped or stalled, and no arrival or TTL falls before
+When every running request is decoding, no request can be admitted (empty queue,
+``max_num_seqs`` reached, or a queue head that does not fit: ``Engine.decode_room``), nothing is swapped or stalled, and no arrival or TTL falls before
 the limit, the next iterations differ only in KV length: each adds one token per request and
 a block whenever a request crosses a block boundary. Until the first request finishes, and
 while the pool can cover every boundary without preempting, stepping them one by one changes
@@ -13,7 +13,7 @@ sequences the KV sum is accumulated in another order, so times may differ in the
 
 from __future__ import annotations
 
-from kv_cache_rl.engine.block_pool import UNITS_PER_BLOCK, Block
+from kv_cache_rl.engine.block_pool import UNITS_PER_BLOCK
 
 BACKOFF = 8  # iterations to wait after a scan that found no run (the scan costs a step)
 
@@ -23,8 +23,7 @@ def decode_run(engine, until: float) -> float:
     running = engine.running
     n = len(running)
     config = engine.config
-    if engine.swapped or engine._stall_s or n > config.max_num_batched_tokens \
-            or engine.waiting_admissible():
+    if engine.swapped or engine._stall_s or n > config.max_num_batched_tokens:
         return 0.0
     limit = until
     nxt = engine.next_event_s()
@@ -58,9 +57,12 @@ def decode_run(engine, until: float) -> float:
     if max_k < 2:
         engine._decode_run_after = engine.iterations + BACKOFF
         return 0.0
+    room = engine.decode_room()  # after the scan: it may look up the queue head's prefix hits
+    if not room:
+        return 0.0
     pool, stats, series = engine.pool, engine.stats, engine.timeseries
     cost = engine._iteration_time_s
-    used, total, allocatable = pool.used_units, pool.total_units, pool.allocatable_units
+    used, total = pool.used_units, pool.total_units
     waiting = len(engine.waiting)
     t = engine.now
     need = 0
@@ -68,8 +70,8 @@ def decode_run(engine, until: float) -> float:
     no_chunks: list = []
     while k < max_k and t < limit:
         units = add[k % bs]
-        if need + units > allocatable:
-            break  # a boundary that might preempt: leave it to the normal path
+        if need + units > room:
+            break  # a boundary that might preempt or admit: leave it to the normal path
         need += units
         dt = cost(no_chunks, n, kv + k * growth)
         stats.observe(dt, (used + need) / total, n, waiting)
@@ -86,7 +88,7 @@ def decode_run(engine, until: float) -> float:
         first = -computed % bs
         if first < k:
             units = UNITS_PER_BLOCK >> seq.tier
-            seq.blocks.extend([Block(units) for _ in range((k - first + bs - 1) // bs)])
+            seq.blocks += pool.take((k - first + bs - 1) // bs, units)
         seq.num_computed = computed + k
         seq.num_tokens += k
         seq.num_output += k

@@ -111,8 +111,7 @@ class Engine(SchedulerMixin, ActionsMixin):
     # ---- one iteration ------------------------------------------------------------------
     def _advance(self, until: float) -> float:
         """One iteration, or a run of pure-decode iterations at once (see :mod:`.decode_run`)."""
-        if self.fast_forward and self.running and self.iterations >= self._decode_run_after \
-                and not self.waiting_admissible():
+        if self.fast_forward and self.running and self.iterations >= self._decode_run_after:
             self._arrive()
             if self._expiry and self._expiry[0][0] <= self.now:
                 self._expire()
@@ -121,9 +120,27 @@ class Engine(SchedulerMixin, ActionsMixin):
                 return dt
         return self.step()
 
-    def waiting_admissible(self) -> bool:
-        """Whether the waiting queue could get a request into the batch now."""
-        return bool(self.waiting) and len(self.running) < self.config.max_num_seqs
+    def decode_room(self) -> int:
+        """Units a run of pure-decode iterations may reserve with no waiting request joining
+        the batch (0: one can join now, so iterate normally).
+
+        FCFS admission stops at the queue head. While decodes only take space, a head that does
+        not fit still does not, unless taking space evicts its own prefix hits from the cache:
+        with unreferenced (evictable) hits, the run may only use truly free space.
+        """
+        pool = self.pool
+        budget = self.config.max_num_batched_tokens - len(self.running)
+        if not self.waiting or len(self.running) >= self.config.max_num_seqs or budget <= 0:
+            return pool.allocatable_units
+        head = self.waiting[0]
+        if head.session_id >= 0:
+            context = self._session_context.get(head.session_id)
+            if context is not None and context.state == State.SWAPPED:
+                return 0  # admission would start bringing the context back
+        _, hit_cost, _, need, tier = self._admission(head, budget)
+        if need * (UNITS_PER_BLOCK >> tier) + hit_cost <= pool.allocatable_units:
+            return 0
+        return pool.free_units if hit_cost else pool.allocatable_units
 
     def step(self) -> float:
         """Run one iteration and return its duration.

@@ -6,7 +6,7 @@ forward pass (sampled tokens, finished requests, newly shareable prompt blocks).
 
 from __future__ import annotations
 
-from kv_cache_rl.engine.block_pool import UNITS_PER_BLOCK, Block
+from kv_cache_rl.engine.block_pool import UNITS_PER_BLOCK
 from kv_cache_rl.engine.sequence import Sequence, State
 
 
@@ -20,7 +20,7 @@ class SchedulerMixin:
         token), and only prefill chunks and finished requests are left to :meth:`_update`.
         """
         bs = self.config.block_size
-        reserve = self.pool.reserve
+        reserve, take = self.pool.reserve, self.pool.take
         running = self.running
         attention = self._attention_factor
         quality = self._quality_cost
@@ -71,7 +71,7 @@ class SchedulerMixin:
                     if victim is seq:
                         break
                 else:
-                    seq.blocks.extend([Block(units) for _ in range(need)])
+                    seq.blocks += take(need, units)
                 if seq.state != State.RUNNING:
                     break
             budget -= n
@@ -112,22 +112,15 @@ class SchedulerMixin:
             if context is not None and context.state == State.SWAPPED:
                 if not self._swap_in(context):
                     break  # its context is coming back from host memory first
-            hits, hit_cost = self._prefix_hits(seq)
-            computed = len(hits) * bs
-            n = min(seq.num_tokens - computed, budget)
-            need = (computed + n + bs - 1) // bs - len(hits)
-            tier = seq.tier
-            for block in hits:  # a quantized shared prefix lowers this request's tier
-                if block.units < UNITS_PER_BLOCK >> tier:
-                    tier = 3 - block.units.bit_length()
+            hits, hit_cost, n, need, tier = self._admission(seq, budget)
             units = UNITS_PER_BLOCK >> tier
             if need * units + hit_cost > pool.allocatable_units:
                 break
+            computed = len(hits) * bs
             seq.tier = tier
-            for block in hits:
-                pool.touch(block)
+            pool.touch_many(hits)
             pool.reserve(need * units)
-            seq.blocks = hits + [Block(units) for _ in range(need)]
+            seq.blocks = hits + pool.take(need, units)
             seq.num_computed = computed
             seq.num_registered = min(len(hits), len(seq.shared_keys))
             seq.state = State.RUNNING
@@ -140,41 +133,51 @@ class SchedulerMixin:
             budget -= n
         return budget
 
-    def _prefix_hits(self, seq: Sequence) -> tuple[list[Block], int]:
+    def _admission(self, seq: Sequence, budget: int) -> tuple[list[int], int, int, int, int]:
+        """What admitting ``seq`` with ``budget`` tokens left takes: its prefix hits, the units
+        touching them takes, the tokens of its first chunk, the new blocks and their tier."""
+        bs = self.config.block_size
+        hits, hit_cost, smallest = self._prefix_hits(seq)
+        computed = len(hits) * bs
+        n = min(seq.num_tokens - computed, budget)
+        need = (computed + n + bs - 1) // bs - len(hits)
+        tier = seq.tier
+        if smallest < UNITS_PER_BLOCK >> tier:  # a quantized shared prefix lowers the tier
+            tier = 3 - smallest.bit_length()
+        return hits, hit_cost, n, need, tier
+
+    def _prefix_hits(self, seq: Sequence) -> tuple[list[int], int, int]:
         """Longest run of cached full blocks at the start of ``seq`` (vLLM get_computed_blocks),
-        and the units that touching them takes from the allocatable space."""
+        the units that touching them takes from the allocatable space, and the smallest hit
+        block's units (memoised while the pool's cache and block sizes are unchanged)."""
         if not self.config.enable_prefix_caching or not (seq.shared_keys or seq.num_preemptions):
-            return [], 0
+            return [], 0, UNITS_PER_BLOCK
         memo = self._hits_memo
         if memo is not None and memo[0] is seq and memo[1] == self.pool.version \
                 and memo[2] == seq.num_tokens:
-            return memo[3], memo[4]
+            return memo[3]
         hits, cost = self._lookup_hits(seq)
-        self._hits_memo = (seq, self.pool.version, seq.num_tokens, hits, cost)
-        return hits, cost
+        units = self.pool.units
+        found = hits, cost, min(map(units.__getitem__, hits)) if hits else UNITS_PER_BLOCK
+        self._hits_memo = (seq, self.pool.version, seq.num_tokens, found)
+        return found
 
-    def _lookup_hits(self, seq: Sequence) -> tuple[list[Block], int]:
-        get = self.pool.cached.get
-        hits: list[Block] = []
-        cost = 0
+    def _lookup_hits(self, seq: Sequence) -> tuple[list[int], int]:
+        pool = self.pool
+        get = pool.cached.get
         # at least the last token is always recomputed, so its logits can be sampled
         limit = (seq.num_tokens - 1) // self.config.block_size
         keys = seq.shared_keys
-        for key in keys[:limit]:
-            block = get(key)
-            if block is None:
-                return hits, cost
-            hits.append(block)
-            if not block.ref:
-                cost += block.units
-        for j in range(len(keys), limit):  # a preempted request's own blocks
-            block = get((seq.seq_id, j))
-            if block is None:
-                break
-            hits.append(block)
-            if not block.ref:
-                cost += block.units
-        return hits, cost
+        hits = list(map(get, keys[:limit]))  # prompts run to thousands of blocks: map, not a loop
+        if None in hits:
+            del hits[hits.index(None):]
+        else:
+            for j in range(len(keys), limit):  # a preempted request's own blocks
+                block = get((seq.seq_id, j))
+                if block is None:
+                    break
+                hits.append(block)
+        return hits, pool.hit_cost_units(hits)
 
     def _update(self, scheduled, finished: list[Sequence]) -> int:
         """Advance prefill chunks, sample their tokens, finish requests; return tokens made."""
@@ -215,11 +218,12 @@ class SchedulerMixin:
     def _preempt(self, seq: Sequence) -> None:
         """vLLM V1 recompute preemption: free the KV into the prefix cache, requeue first."""
         full = seq.num_computed // self.config.block_size
-        cache = self.pool.cache
+        pool = self.pool
+        ref, key = pool.ref, pool.key
         for j, block in enumerate(seq.blocks[:full]):
-            if block.hash is None and block.ref == 1:
-                cache(block, (seq.seq_id, j))  # its own blocks stay hit-able until evicted
-        self.pool.free(reversed(seq.blocks))
+            if key[block] is None and ref[block] == 1:
+                pool.cache(block, (seq.seq_id, j))  # its own blocks stay hit-able until evicted
+        pool.free(reversed(seq.blocks))
         seq.blocks = []
         seq.high_water = max(seq.high_water, seq.num_computed)
         seq.num_computed = 0

@@ -12,7 +12,6 @@ from __future__ import annotations
 from enum import IntEnum
 
 from kv_cache_rl.config import TraceRequest
-from kv_cache_rl.engine.block_pool import Block
 
 KINDS = ("system", "context", "generation", "reasoning", "ephemeral")
 
@@ -48,7 +47,7 @@ class Sequence:
         self.num_output = 0
         self.num_tokens = prompt_len  # prompt + generated (vLLM Request.num_tokens), kept in step
         self.num_computed = 0  # tokens whose KV has been computed (vLLM num_computed_tokens)
-        self.blocks: list[Block] = []
+        self.blocks: list[int] = []  # block ids in the engine's pool, in token order
         self.shared_keys: list = []  # prefix-cache keys of the prompt's shareable full blocks
         self.num_registered = 0  # how many of shared_keys are published in the cache
         self.tier = 0  # precision of the sequence's private blocks: 0 fp16, 1 int8, 2 int4
@@ -71,10 +70,6 @@ class Sequence:
     @property
     def kv_tokens(self) -> int:
         return self.num_computed if self.kind == "generation" else self.num_kv_tokens
-
-    @property
-    def units(self) -> int:
-        return sum(b.units for b in self.blocks)
 
     def __repr__(self) -> str:
         return (f"Sequence({self.seq_id}, {self.kind}, {self.state.name}, "
