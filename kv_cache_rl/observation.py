@@ -8,6 +8,7 @@ same text) and the fixed-size arrays of the Gymnasium env.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from heapq import nsmallest
 
 from kv_cache_rl.engine import UNITS_PER_BLOCK, Sequence, State
 
@@ -53,6 +54,12 @@ def eviction_value(kind: str, priority: int, progress: float, idle_s: float) -> 
     return round(min(max(value, 0.0), 1.0), 3)
 
 
+# kinds whose value depends on neither progress nor idle time, by priority (normal, high)
+_FIXED_VALUE = tuple({kind: eviction_value(kind, high, 1.0, 0.0) for kind in KIND_VALUE
+                      if kind not in ("context", "generation")} for high in (0, 1))
+_RUNNING, _SWAPPED = State.RUNNING, State.SWAPPED
+
+
 def _own_units(seq: Sequence, units_of: list[int]) -> int:
     """Units this sequence would free if evicted: all its blocks except the system prefix,
     which every request shares.
@@ -63,7 +70,7 @@ def _own_units(seq: Sequence, units_of: list[int]) -> int:
     """
     blocks = seq.blocks
     memo = seq._obs_memo
-    if memo is not None and memo[0] is blocks and memo[1] == seq.tier and memo[2] == seq.state:
+    if memo is not None and memo[0] is blocks and memo[1] == seq.tier and memo[2] is seq.state:
         done = memo[3]
         if done == len(blocks):
             return memo[4]
@@ -78,26 +85,32 @@ def _own_units(seq: Sequence, units_of: list[int]) -> int:
 
 
 def _ranked(seq: Sequence, now: float, units_of: list[int]) -> tuple:
-    """What ranking needs (own units, eviction value, progress, idle), without an Entry."""
-    swapped = seq.state == State.SWAPPED
-    own_units = 0 if swapped else _own_units(seq, units_of)
+    """What ranking needs (own units, eviction value, sequence), without building an Entry
+    (a hard scenario caches a hundred sequences; the text lists twelve)."""
+    state = seq.state
+    own_units = 0 if state is _SWAPPED else _own_units(seq, units_of)
+    kind = seq.kind
+    value = _FIXED_VALUE[seq.priority > 0].get(kind)
+    if value is None:
+        progress = seq.num_output / seq.max_output if kind == "generation" and seq.max_output \
+            else 1.0
+        idle = 0.0 if state is _RUNNING else max(0.0, now - seq.last_active_s)
+        value = eviction_value(kind, seq.priority, progress, idle)
+    return own_units, value, seq
+
+
+def _entry(row: tuple, now: float) -> Entry:
+    own_units, value, seq = row
     progress = seq.num_output / seq.max_output if seq.kind == "generation" and seq.max_output \
         else 1.0
-    idle = 0.0 if seq.state == State.RUNNING else max(0.0, now - seq.last_active_s)
-    return (own_units, eviction_value(seq.kind, seq.priority, progress, idle), progress, idle,
-            seq)
-
-
-def _entry(row: tuple) -> Entry:
-    own_units, value, progress, idle, seq = row
+    idle = 0.0 if seq.state is _RUNNING else max(0.0, now - seq.last_active_s)
     return Entry(seq.seq_id, seq.kind, seq.kv_tokens, own_units / UNITS_PER_BLOCK, seq.tier,
-                 seq.state == State.SWAPPED, seq.priority, round(progress, 3), round(idle, 1),
-                 value)
+                 seq.state is _SWAPPED, seq.priority, round(progress, 3), round(idle, 1), value)
 
 
 def make_entry(seq: Sequence, now: float, units_of: list[int]) -> Entry:
     """The observable entry of one cached sequence (``units_of``: ``BlockPool.units``)."""
-    return _entry(_ranked(seq, now, units_of))
+    return _entry(_ranked(seq, now, units_of), now)
 
 
 @dataclass(frozen=True)
@@ -174,19 +187,20 @@ def observe(engine, *, step: int, steps_total: int, above: int, last_pending: in
     """Summarise ``engine`` for an agent at the start of ``step``."""
     now = engine.now
     units_of = engine.pool.units
-    rows = [_ranked(s, now, units_of) for s in engine.cached_sequences()]
     counts = {kind: [0, 0, 0] for kind in KIND_ORDER}  # count, compressed, on cpu
-    for row in rows:
-        seq = row[4]
+    by_memory, by_value = [], []  # sort keys; seq ids are unique, so rows are never compared
+    for seq in engine.cached_sequences():  # one pass: a hard scenario caches ~100 sequences
+        row = _ranked(seq, now, units_of)
+        own, value = row[0], row[1]
+        by_memory.append((-own, seq.seq_id, row))
+        by_value.append((-value, -own, seq.seq_id, row))
         c = counts[seq.kind]
         c[0] += 1
         c[1] += seq.tier > 0
-        c[2] += seq.state == State.SWAPPED
+        c[2] += seq.state is _SWAPPED
     overview = {kind: tuple(c) for kind, c in counts.items()}
-    # entries are built for the listed rows only (a hard scenario caches hundreds)
-    top_memory = [_entry(r) for r in sorted(rows, key=lambda r: (-r[0], r[4].seq_id))[:TOP_K]]
-    candidates = [_entry(r) for r in
-                  sorted(rows, key=lambda r: (-r[1], -r[0], r[4].seq_id))[:TOP_K]]
+    top_memory = [_entry(k[2], now) for k in nsmallest(TOP_K, by_memory)]
+    candidates = [_entry(k[3], now) for k in nsmallest(TOP_K, by_value)]
     waiting = engine.waiting
     return Observation(
         step=step, steps_total=steps_total, memory_usage=round(engine.pool.usage, 4),

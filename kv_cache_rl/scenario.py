@@ -79,6 +79,7 @@ class Scenario:
     def _warm(self) -> Engine:
         engine = Engine(self.config, self.profile, self.trace)
         engine.run_until(self.warmup_s)
+        engine.derive_prefix_keys()
         return engine
 
     def start(self) -> Engine:

@@ -293,6 +293,7 @@ class Tracker:
         def hits(seq):
             result = orig_hits(seq)  # (hits, units their touch costs, smallest hit's units)
             found = result[0]
+            assert found == engine._lookup_hits(seq), "stale prefix hits"
             assert result[1] == engine.pool.hit_cost_units(found), "stale hit cost"
             assert result[2] == min((engine.pool.units[b] for b in found), default=4), \
                 "stale hit size"

@@ -382,3 +382,16 @@ def test_copy_is_independent():
     assert pool.ref[b] == 1 and pool.free_units == 8
     conserved(pool)
     conserved(twin)
+
+
+def test_uncache_private_keeps_shared_blocks_published():
+    pool = BlockPool(8)
+    a, b, c = pool.allocate(3)
+    for blk, key in ((a, "a"), (b, "b")):
+        pool.cache(blk, key)
+    pool.touch(a)  # another request shares a
+    version = pool.version
+    pool.uncache_private([a, b, c])
+    assert pool.lookup("a") == a and pool.lookup("b") is None and pool.key[b] is None
+    assert pool.version > version
+    conserved(pool)

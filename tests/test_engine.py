@@ -891,3 +891,17 @@ def test_clone_is_an_independent_exact_copy():
         [(s.req.request_id, s.first_token_s, s.finish_s) for s in original.finished]
     assert twin.stats == original.stats
     assert len(original.finished) + original.stats.rejected == 30
+
+
+@pytest.mark.parametrize("hbt", [16, 512, 7])
+@pytest.mark.parametrize("ids", [(1, 2, 3, 4, 5) * 50, (2**63, 5, 7)])
+def test_shared_keys_follow_the_hash_id_formula(hbt, ids):
+    """The vectorised key derivation equals the documented per-block formula, 64-bit ids too."""
+    trace = Trace((), hbt, "t")
+    engine = Engine(EngineConfig(num_gpu_blocks=8), PROFILE, trace)
+    for n in (1, 15, 16, 17, 600, 10_000):
+        req = TraceRequest(arrival_s=0.0, input_toks=n, output_toks=1, hash_ids=ids)
+        n_full = min(n, len(ids) * hbt) // 16
+        want = [ids[e // hbt] * hbt + e % hbt for e in range(15, n_full * 16, 16)]
+        got = engine._shared_keys(req)
+        assert got == want and all(type(k) is int for k in got)

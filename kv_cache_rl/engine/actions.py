@@ -177,7 +177,7 @@ class ActionsMixin:
     def _drop_kv(self, seq: Sequence) -> None:
         """Discard a sequence's KV for good: its own blocks leave the prefix cache too."""
         pool = self.pool
-        ref, key = pool.ref, pool.key
+        ref = pool.ref
         if seq.state == State.SWAPPED:
             self.cpu_free_units += seq.cpu_units
             seq.cpu_units = 0
@@ -186,9 +186,7 @@ class ActionsMixin:
             on_gpu = [b for b in seq.blocks if ref[b] > 0]
         else:
             on_gpu = seq.blocks
-        for block in on_gpu:
-            if ref[block] == 1 and key[block] is not None:
-                pool.uncache(block)
+        pool.uncache_private(on_gpu)
         pool.free(reversed(on_gpu))
         seq.blocks = []
 

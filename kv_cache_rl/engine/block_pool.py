@@ -51,10 +51,14 @@ class BlockPool:
         self._evictable: OrderedDict[Hashable, int] = OrderedDict()  # ref == 0, LRU first
         self.evictable_units = 0
         self.evicted_blocks = 0  # cached blocks reclaimed for new allocations
-        # bumped whenever a prefix-cache lookup could answer differently (membership, a
-        # 0 <-> 1 reference change, a block's size), so the scheduler can reuse a blocked
-        # head's hits
+        # What a remembered prefix lookup needs to stay valid (see SchedulerMixin._prefix_hits).
+        # ``version`` is bumped when a block is withdrawn from the cache (uncache), its
+        # reference count goes 0 <-> 1 or its size changes. LRU eviction does not bump it (it
+        # happens on nearly every allocation under pressure); it sets ``watch_hit`` instead
+        # when it evicts one of the ``watch`` blocks, the unreferenced hits of that lookup.
         self.version = 0
+        self.watch: frozenset[int] = frozenset()
+        self.watch_hit = False
 
     def copy(self) -> BlockPool:
         """An independent copy (block ids are the same in both)."""
@@ -91,9 +95,8 @@ class BlockPool:
         if units > self.free_units + self.evictable_units:
             return False
         if self.free_units < units:
-            self.version += 1
             evictable, cached, key, size = self._evictable, self.cached, self.key, self.units
-            spare = self.spare
+            spare, watch = self.spare, self.watch
             while self.free_units < units:
                 k, b = evictable.popitem(last=False)
                 del cached[k]
@@ -102,6 +105,8 @@ class BlockPool:
                 self.evictable_units -= size[b]
                 self.free_units += size[b]
                 self.evicted_blocks += 1
+                if b in watch:
+                    self.watch_hit = True
         self.free_units -= units
         return True
 
@@ -164,18 +169,25 @@ class BlockPool:
             return
         self.key[block] = key
         self.cached[key] = block
-        self.version += 1
 
     def cache_many(self, blocks: list[int], keys: list, start: int, stop: int) -> None:
         """``cache(blocks[j], keys[j])`` for ``j`` in ``[start, stop)``, in one pass."""
         if not self.enable_caching:
             return
         cached, own = self.cached, self.key
-        for b, k in zip(blocks[start:stop], keys[start:stop]):
+        new_blocks, new_keys = blocks[start:stop], keys[start:stop]
+        n = len(new_blocks)
+        if cached.keys().isdisjoint(new_keys) and len(set(new_keys)) == n \
+                and list(map(own.__getitem__, new_blocks)).count(None) == n:
+            # the usual case, a prefill chunk of fresh blocks and distinct new keys: in bulk
+            cached.update(zip(new_keys, new_blocks))
+            for b, k in zip(new_blocks, new_keys):
+                own[b] = k
+            return
+        for b, k in zip(new_blocks, new_keys):
             if own[b] is None and k not in cached:
                 own[b] = k
                 cached[k] = b
-        self.version += 1
 
     def uncache(self, block: int) -> None:
         """Withdraw a block from the prefix cache (its KV is being dropped or moved)."""
@@ -187,6 +199,20 @@ class BlockPool:
         del self.cached[k]
         self.key[block] = None
         self.version += 1
+
+    def uncache_private(self, blocks: list[int]) -> None:
+        """:meth:`uncache` every block of ``blocks`` held once (a sequence's KV being dropped:
+        its own blocks leave the cache, blocks other requests share stay)."""
+        ref, key, cached = self.ref, self.key, self.cached
+        dropped = False
+        for b in blocks:
+            k = key[b]
+            if k is not None and ref[b] == 1:
+                del cached[k]
+                key[b] = None
+                dropped = True
+        if dropped:
+            self.version += 1
 
     def free(self, blocks: Iterable[int]) -> None:
         """Drop one reference from each block; unreferenced cached blocks become evictable.

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from collections import deque
 
+import numpy as np
+
 from kv_cache_rl.config import EngineConfig, Trace, TraceRequest
 from kv_cache_rl.engine.actions import ActionsMixin
 from kv_cache_rl.engine.block_pool import UNITS_PER_BLOCK, BlockPool
@@ -65,7 +67,7 @@ class Engine(SchedulerMixin, ActionsMixin):
         self.fast_forward = True  # run_until/run batch pure-decode iterations (exact)
         self._decode_run_after = 0  # iteration before which no decode run is attempted
         self._preempted = False
-        self._hits_memo = None  # (seq, pool version, num_tokens, hits, cost) of the last lookup
+        self._hits_memo = None  # the last prefix lookup (see SchedulerMixin._prefix_hits)
         self._expiry: list[tuple[float, int]] = []  # (expires_s, seq_id) heap of retained KV
         self._session_context: dict[int, Sequence] = {}
         self._system: Sequence | None = None
@@ -199,7 +201,8 @@ class Engine(SchedulerMixin, ActionsMixin):
         self._next_arrival = i
 
     def _new_sequence(self, req: TraceRequest) -> Sequence:
-        seq = Sequence(self._next_seq_id, req, "generation", req.input_toks, req.output_toks, req.arrival_s)
+        seq = Sequence(self._next_seq_id, req, "generation", req.input_toks, req.output_toks,
+                       req.arrival_s)
         self._next_seq_id += 1
         if req.hash_ids and self.config.enable_prefix_caching:
             keys = self._keys_cache.get(id(req))
@@ -208,6 +211,15 @@ class Engine(SchedulerMixin, ActionsMixin):
             seq.shared_keys = keys
         self.live[seq.seq_id] = seq
         return seq
+
+    def derive_prefix_keys(self) -> None:
+        """Derive the prefix-cache keys of every request still to arrive now rather than on
+        arrival (a scenario does it once; the episodes cloned from it share them)."""
+        if not self.config.enable_prefix_caching:
+            return
+        for req in self.trace.requests[self._next_arrival:]:
+            if req.hash_ids and id(req) not in self._keys_cache:
+                self._keys_cache[id(req)] = self._shared_keys(req)
 
     def _shared_keys(self, req: TraceRequest) -> list[int]:
         """Cache keys of the prompt's full blocks that hash ids cover.
@@ -221,8 +233,11 @@ class Engine(SchedulerMixin, ActionsMixin):
         hbt = self.trace.hash_block_tokens
         ids = req.hash_ids
         n_full = min(req.input_toks, len(ids) * hbt) // bs
-        ends = range(bs - 1, n_full * bs, bs)  # last token of each full block
-        return [ids[e // hbt] * hbt + e % hbt for e in ends]
+        if max(ids, default=0) >= (1 << 62) // hbt:  # ids from a file may be 64-bit hashes
+            return [ids[e // hbt] * hbt + e % hbt for e in range(bs - 1, n_full * bs, bs)]
+        # numpy: prompts run to thousands of blocks; plain ints come out, as in the loop above
+        ends = np.arange(bs - 1, n_full * bs, bs, dtype=np.int64)  # last token of each block
+        return (np.asarray(ids, dtype=np.int64)[ends // hbt] * hbt + ends % hbt).tolist()
 
     def _reclaim_pinned(self) -> bool:
         """Nothing runs and the queue head does not fit: release the least recently used

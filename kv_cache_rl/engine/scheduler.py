@@ -6,6 +6,9 @@ forward pass (sampled tokens, finished requests, newly shareable prompt blocks).
 
 from __future__ import annotations
 
+from itertools import compress as select  # not the quantizing action
+from operator import not_
+
 from kv_cache_rl.engine.block_pool import UNITS_PER_BLOCK
 from kv_cache_rl.engine.sequence import Sequence, State
 
@@ -153,16 +156,33 @@ class SchedulerMixin:
         if not self.config.enable_prefix_caching or not (seq.shared_keys or seq.num_preemptions):
             return [], 0, UNITS_PER_BLOCK
         memo = self._hits_memo
-        if memo is not None and memo[0] is seq and memo[1] == self.pool.version \
-                and memo[2] == seq.num_tokens:
-            return memo[3]
-        hits, cost = self._lookup_hits(seq)
-        units = self.pool.units
-        found = hits, cost, min(map(units.__getitem__, hits)) if hits else UNITS_PER_BLOCK
-        self._hits_memo = (seq, self.pool.version, seq.num_tokens, found)
+        pool = self.pool
+        if memo is not None and memo[0] is seq and memo[1] == pool.version \
+                and not pool.watch_hit and memo[2] == seq.num_tokens \
+                and memo[3] not in pool.cached:
+            return memo[4]
+        hits = self._lookup_hits(seq)
+        if hits:
+            ref = pool.ref
+            sizes = list(map(pool.units.__getitem__, hits))
+            unreferenced = list(map(not_, map(ref.__getitem__, hits)))
+            cost = sum(select(sizes, unreferenced))
+            found = hits, cost, min(sizes)
+        else:
+            cost = 0
+            found = hits, 0, UNITS_PER_BLOCK
+        # While no hit leaves the cache or changes reference state or size (same version, no
+        # watched block evicted), the hits can only grow, and only if the key after them is
+        # published: remember that key. A blocked queue head is asked again every iteration.
+        j, keys = len(hits), seq.shared_keys
+        limit = (seq.num_tokens - 1) // self.config.block_size
+        after = None if j >= limit else keys[j] if j < len(keys) else (seq.seq_id, j)
+        pool.watch = frozenset(select(hits, unreferenced)) if cost else frozenset()
+        pool.watch_hit = False
+        self._hits_memo = (seq, pool.version, seq.num_tokens, after, found)
         return found
 
-    def _lookup_hits(self, seq: Sequence) -> tuple[list[int], int]:
+    def _lookup_hits(self, seq: Sequence) -> list[int]:
         pool = self.pool
         get = pool.cached.get
         # at least the last token is always recomputed, so its logits can be sampled
@@ -177,7 +197,7 @@ class SchedulerMixin:
                 if block is None:
                     break
                 hits.append(block)
-        return hits, pool.hit_cost_units(hits)
+        return hits
 
     def _update(self, scheduled, finished: list[Sequence]) -> int:
         """Advance prefill chunks, sample their tokens, finish requests; return tokens made."""
