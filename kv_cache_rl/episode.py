@@ -72,7 +72,7 @@ class Episode:
         return self.observation.text()
 
     def _observe(self, last_pending: int) -> Observation:
-        return observe(self.engine, step=min(self.step_index, self.scenario.steps - 1),
+        return observe(self.engine, step=self.step_index,
                        steps_total=self.scenario.steps, above=self._above,
                        last_pending=last_pending)
 

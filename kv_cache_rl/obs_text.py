@@ -74,7 +74,7 @@ def parse_observation(text: str) -> Observation:
         if not lines[-1].startswith("visible_seq_ids: "):
             raise ObservationTextError("missing visible_seq_ids")
         obs = Observation(
-            step=int(head["step"]) - 1, steps_total=int(head["total"]),
+            step=int(head["total"]) - int(head["remaining"]), steps_total=int(head["total"]),
             memory_usage=float(head["usage"]), memory_budget=int(head["budget"]),
             time_above_0_95=int(head["above"]), pending=int(pending["pending"]),
             pending_queue_growth=int(head["growth"]), pending_tokens=int(pending["tokens"]),

@@ -115,7 +115,7 @@ def make_entry(seq: Sequence, now: float, units_of: list[int]) -> Entry:
 
 @dataclass(frozen=True)
 class Observation:
-    step: int
+    step: int  # decision steps already served: 0 at the start, ``steps_total`` once over
     steps_total: int
     memory_usage: float
     memory_budget: int  # GPU KV blocks
@@ -154,7 +154,8 @@ class Observation:
                        (f" ({s} on cpu)" if s else "") for k, (c, z, s) in self.overview.items()
                        if c)
         lines = [
-            f"step {self.step + 1}/{self.steps_total} | episode_remaining {self.episode_remaining}"
+            f"step {min(self.step + 1, self.steps_total)}/{self.steps_total} | episode_remaining "
+            f"{self.episode_remaining}"
             f" | memory_usage {self.memory_usage:.4f} | memory_budget {self.memory_budget} blocks"
             f" | time_above_0_95 {self.time_above_0_95} | pending_queue_growth "
             f"{self.pending_queue_growth:+d}",

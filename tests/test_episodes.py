@@ -165,3 +165,17 @@ def test_eviction_value_orders_kinds():
 def test_parse_call_accepts_numeric_strings():
     assert parse_call("evict", '{"seq_id": "12"}') == Action("evict", 12)
     assert parse_call("keep", "") == Action("keep")
+
+
+def test_observation_counts_down_to_zero_at_the_end():
+    from kv_cache_rl.observation import Observation
+
+    episode = Episode(make_scenario("easy", 3, steps=3))
+    heads = [episode.text().split(" | ")[:2]]
+    while not episode.done:
+        episode.advance()
+        heads.append(episode.text().split(" | ")[:2])
+    assert heads == [["step 1/3", "episode_remaining 3"], ["step 2/3", "episode_remaining 2"],
+                     ["step 3/3", "episode_remaining 1"], ["step 3/3", "episode_remaining 0"]]
+    final = episode.observation
+    assert final.step == 3 and Observation.from_text(final.text()) == final
