@@ -15,7 +15,7 @@ from kv_cache_rl.episode import Episode
 from kv_cache_rl.policies import POLICIES, make_policy
 from kv_cache_rl.rubric import RUBRIC
 from kv_cache_rl.runner import play
-from kv_cache_rl.scenario import DIFFICULTIES, make_scenario
+from kv_cache_rl.scenario import DIFFICULTIES, make_scenario, memory_fraction_for
 
 DEFAULT_POLICIES = tuple(POLICIES)
 COMPONENTS = tuple(fn.__name__ for fn, _ in RUBRIC)
@@ -47,8 +47,13 @@ class Cell:
 
 
 def run(difficulties=DIFFICULTIES, episodes: int = 5, seed: int = 0,
-        policies=DEFAULT_POLICIES, *, steps: int = 15, progress=None) -> list[Cell]:
-    """Play every policy on ``episodes`` scenarios of each difficulty."""
+        policies=DEFAULT_POLICIES, *, steps: int = 15, memory_fraction=None,
+        progress=None) -> list[Cell]:
+    """Play every policy on ``episodes`` scenarios of each difficulty.
+
+    ``memory_fraction`` (a fraction, or a ``(lo, hi)`` range drawn per seed) replaces the
+    tiers' KV budgets, as a fraction of each window's peak demand.
+    """
     for name in policies:
         if name not in POLICIES:
             raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")
@@ -57,7 +62,9 @@ def run(difficulties=DIFFICULTIES, episodes: int = 5, seed: int = 0,
         for name in policies:
             cell = Cell(name, difficulty)
             for i in range(episodes):
-                scenario = make_scenario(difficulty, seed + i, steps=steps)
+                scenario = make_scenario(
+                    difficulty, seed + i, steps=steps,
+                    memory_fraction=memory_fraction_for(seed + i, memory_fraction))
                 start = time.perf_counter()
                 episode: Episode = play(scenario, make_policy(name))
                 cell.seconds.append(time.perf_counter() - start)
@@ -78,7 +85,7 @@ def normalized(cells: list[Cell], cell: Cell) -> float | None:
     return (cell.mean("reward") - ref["keep"]) / (ref["lookahead"] - ref["keep"])
 
 
-def to_json(cells: list[Cell], *, seed: int, episodes: int) -> dict:
+def to_json(cells: list[Cell], *, seed: int, episodes: int, memory_fraction=None) -> dict:
     results = []
     for c in cells:
         norm = normalized(cells, c)
@@ -88,12 +95,16 @@ def to_json(cells: list[Cell], *, seed: int, episodes: int) -> dict:
             "reward_ci95": round(c.ci95(), 6),
             "normalized_score": None if norm is None else round(norm, 6),
             "components": {k: round(c.mean(k), 6) for k in COMPONENTS},
+            "rewards": [round(x["reward"], 6) for x in c.scores],  # per episode, seed order
         })
     timing = {f"{c.policy}/{c.difficulty}": {"ms_per_episode_mean":
                                              round(1000 * sum(c.seconds) / len(c.seconds), 3),
                                              "ms_per_episode_max": round(1000 * max(c.seconds), 3)}
               for c in cells}
-    return {"seed": seed, "episodes": episodes, "results": results, "timing": timing}
+    out = {"seed": seed, "episodes": episodes, "results": results, "timing": timing}
+    if memory_fraction is not None:
+        out["memory_fraction"] = memory_fraction
+    return out
 
 
 def print_leaderboard(cells: list[Cell], console=None) -> None:

@@ -80,23 +80,29 @@ def _cmd_bench(args) -> int:
     from rich.progress import Progress
 
     from kv_cache_rl import bench
-    from kv_cache_rl.scenario import DIFFICULTIES
+    from kv_cache_rl.scenario import DIFFICULTIES, parse_fractions
 
     difficulties = DIFFICULTIES if args.difficulty == "all" else (args.difficulty,)
     policies = tuple(p.strip() for p in args.policies.split(",")) if args.policies \
         else bench.DEFAULT_POLICIES
     if args.episodes < 1:
         raise ValueError("--episodes must be >= 1")
+    fractions = parse_fractions(args.memory_fraction)
     console = Console(width=max(100, Console().width))
     total = len(difficulties) * len(policies) * args.episodes
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("episodes", total=total)
         cells = bench.run(difficulties, args.episodes, args.seed, policies, steps=args.steps,
-                          progress=lambda: progress.advance(task))
+                          memory_fraction=fractions, progress=lambda: progress.advance(task))
+    if fractions is not None:
+        console.print(f"KV budget: {fractions[0]:g}-{fractions[1]:g} x each window's peak "
+                      "demand (replacing the tiers' own)")
     bench.print_leaderboard(cells, console)
     if args.json:
         Path(args.json).write_text(json.dumps(
-            bench.to_json(cells, seed=args.seed, episodes=args.episodes), indent=2) + "\n")
+            bench.to_json(cells, seed=args.seed, episodes=args.episodes,
+                          memory_fraction=None if fractions is None else list(fractions)),
+            indent=2) + "\n")
         console.print(f"wrote {args.json}")
     if args.plot:
         for path in bench.plot(cells, args.plot):
@@ -154,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=15, help="decision steps per episode")
     p.add_argument("--json", metavar="PATH", help="write results as JSON")
     p.add_argument("--plot", metavar="DIR", help="write leaderboard and memory-usage PNGs")
+    p.add_argument("--memory-fraction", metavar="F|LO:HI",
+                   help="KV budget as a fraction of each window's peak demand, fixed or drawn "
+                        "per seed from LO..HI, instead of the tiers' own")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("serve", help="OpenAI-compatible chat server that plays a built-in policy "

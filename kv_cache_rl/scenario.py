@@ -113,12 +113,19 @@ def _reference(profile, trace: Trace, warmup_s: float, end_s: float, step_s: flo
 
 @functools.lru_cache(maxsize=256)
 def make_scenario(difficulty: str, seed: int, *, steps: int = 15, step_s: float = 1.0,
-                  warmup_s: float = 20.0, trace_path: str | None = None) -> Scenario:
-    """The scenario of ``(difficulty, seed)``: deterministic, cached."""
+                  warmup_s: float = 20.0, trace_path: str | None = None,
+                  memory_fraction: float | None = None) -> Scenario:
+    """The scenario of ``(difficulty, seed)``: deterministic, cached.
+
+    ``memory_fraction`` replaces the tier's draw of the KV budget (as a fraction of the
+    window's peak demand) and changes nothing else: same workload, rate and trace.
+    """
     if difficulty not in TIERS:
         raise ValueError(f"unknown difficulty {difficulty!r}; choose from {', '.join(TIERS)}")
     if steps < 1 or step_s <= 0 or warmup_s < 0:
         raise ValueError("steps >= 1, step_s > 0 and warmup_s >= 0 are required")
+    if memory_fraction is not None and not 0.0 < memory_fraction <= 10.0:
+        raise ValueError(f"memory_fraction must be in (0, 10], got {memory_fraction}")
     tier = TIERS[difficulty]
     rng = np.random.default_rng([seed, DIFFICULTIES.index(difficulty)])
     base = Scenario(difficulty=difficulty, seed=seed, steps=steps, step_s=step_s,
@@ -142,10 +149,32 @@ def make_scenario(difficulty: str, seed: int, *, steps: int = 15, step_s: float 
         latest = max(full.duration_s - horizon, 0.0)
         start = float(rng.uniform(0.0, latest)) if latest > 0 else 0.0
         trace = window(full, start, start + horizon)
-    fraction = float(rng.uniform(*tier.memory))
+    fraction = float(rng.uniform(*tier.memory))  # drawn either way: the stream stays the same
+    if memory_fraction is not None:
+        fraction = float(memory_fraction)
     profile = base.profile
     peak, reference = _reference(profile, trace, warmup_s, base.end_s, step_s)
     blocks = max(64, math.ceil(fraction * peak))
     return replace(base, workload=workload, requests_per_s=rate, memory_fraction=fraction,
                    trace=trace, config=_engine_config(profile, blocks),
                    reference_tokens=reference, peak_blocks=peak)
+
+
+def memory_fraction_for(seed: int, fractions) -> float | None:
+    """A scenario's KV budget for :func:`make_scenario`: None (the tier's own), a fixed
+    fraction, or uniform in the range ``fractions`` = (lo, hi), drawn from the seed."""
+    if fractions is None or isinstance(fractions, (int, float)):
+        return fractions
+    return round(float(np.random.default_rng([seed, 0xB1D]).uniform(*fractions)), 4)
+
+
+def parse_fractions(text: str | None) -> tuple[float, float] | None:
+    """``"0.3:0.8"`` -> (0.3, 0.8), ``"0.4"`` -> (0.4, 0.4); None stays None."""
+    if not text:
+        return None
+    lo, _, hi = text.partition(":")
+    lo, hi = float(lo), float(hi or lo)
+    if not 0 < lo <= hi <= 2:
+        raise ValueError(f"--memory-fraction must be F or LO:HI with 0 < LO <= HI <= 2, "
+                         f"got {text}")
+    return lo, hi

@@ -24,37 +24,23 @@ Workers: ``--workers`` single-process pools; scenario ``s`` always goes to pool
 from __future__ import annotations
 
 import datetime
-import functools
 import json
 import math
 import time
-from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
+from kv_cache_rl.scenario import memory_fraction_for, parse_fractions  # noqa: F401 (CLI)
 
-@functools.lru_cache(maxsize=256)
+
 def scenario(difficulty: str, seed: int, memory_fraction: float | None = None):
     """The scenario of ``(difficulty, seed)``, optionally with its KV budget replaced by
-    ``memory_fraction`` x the window's peak demand (as :func:`make_scenario` sizes it)."""
+    ``memory_fraction`` x the window's peak demand (cached, like every scenario)."""
     from kv_cache_rl.scenario import make_scenario
 
-    base = make_scenario(difficulty, seed)
-    if memory_fraction is None:
-        return base
-    blocks = max(64, math.ceil(memory_fraction * base.peak_blocks))
-    return replace(base, memory_fraction=memory_fraction,
-                   config=replace(base.config, num_gpu_blocks=blocks))
-
-
-def memory_fraction_for(seed: int, fractions) -> float | None:
-    """A scenario's KV budget: None (the tier's own), a fixed fraction, or uniform in the
-    range ``fractions`` = (lo, hi), drawn from the seed."""
-    if fractions is None or isinstance(fractions, (int, float)):
-        return fractions
-    return round(float(np.random.default_rng([seed, 0xB1D]).uniform(*fractions)), 4)
+    return make_scenario(difficulty, seed, memory_fraction=memory_fraction)
 
 
 def _play(key: tuple, policy_spec) -> float:
@@ -144,17 +130,6 @@ def cem(evaluator: Evaluator, *, difficulty: str = "hard", train_seeds=range(100
         log(f"gen {gen:2d}  mean {mean_fit:+.3f}  elite {fit[top].mean():+.3f}  "
             f"best {fit[top[0]]:+.3f}  ({history[-1]['seconds']:.1f}s)")
     return {"mean": mean, "best": best, "history": history}
-
-
-def parse_fractions(text: str | None) -> tuple[float, float] | None:
-    """``"0.3:0.8"`` -> (0.3, 0.8); None stays None."""
-    if not text:
-        return None
-    lo, _, hi = text.partition(":")
-    lo, hi = float(lo), float(hi or lo)
-    if not 0 < lo <= hi <= 2:
-        raise ValueError(f"--memory-fraction must be LO:HI with 0 < LO <= HI <= 2, got {text}")
-    return lo, hi
 
 
 def parse_seeds(text: str) -> range:

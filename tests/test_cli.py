@@ -71,6 +71,19 @@ def test_bench_json(tmp_path):
     assert main(["bench", "--policies", "nope"]) == 2
 
 
+def test_bench_memory_fraction(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    args = ["bench", "--difficulty", "easy", "--episodes", "2", "--policies", "keep",
+            "--memory-fraction", "0.4:0.5", "--json", str(out)]
+    assert main(args) == 0
+    data = json.loads(out.read_text())
+    assert data["memory_fraction"] == [0.4, 0.5] and len(data["results"][0]["rewards"]) == 2
+    assert "0.4-0.5 x each window's peak demand" in capsys.readouterr().out
+    assert main(args[:-2]) == 0 and main(args[:-2]) == 0  # same seeds, same budgets: cached
+    assert main(["bench", "--memory-fraction", "0:1"]) == 2
+    assert "--memory-fraction must be" in capsys.readouterr().err
+
+
 def test_module_entry_point(trace):
     done = subprocess.run([sys.executable, "-m", "kv_cache_rl", "replay", str(trace)],
                           capture_output=True, text=True, timeout=120)

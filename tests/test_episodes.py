@@ -31,6 +31,22 @@ def test_scenario_rejects_bad_arguments():
         make_scenario("impossible", 0)
     with pytest.raises(ValueError):
         make_scenario("easy", 0, steps=0)
+    with pytest.raises(ValueError, match="memory_fraction"):
+        make_scenario("easy", 0, memory_fraction=0.0)
+
+
+def test_memory_fraction_changes_only_the_budget():
+    import math
+
+    base = make_scenario("hard", 4)
+    scarce = make_scenario("hard", 4, memory_fraction=0.35)
+    assert scarce.trace == base.trace and scarce.workload == base.workload
+    assert scarce.peak_blocks == base.peak_blocks
+    assert scarce.reference_tokens == base.reference_tokens
+    assert scarce.memory_fraction == 0.35
+    assert scarce.config.num_gpu_blocks == max(64, math.ceil(0.35 * base.peak_blocks))
+    assert scarce.config == base.config.replace(num_gpu_blocks=scarce.config.num_gpu_blocks)
+    assert make_scenario("hard", 4, memory_fraction=0.35) is scarce  # cached
 
 
 def test_episode_starts_warm_and_runs_fifteen_steps():
