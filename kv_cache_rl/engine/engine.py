@@ -21,8 +21,6 @@ from __future__ import annotations
 
 from collections import deque
 
-import numpy as np
-
 from kv_cache_rl.config import EngineConfig, Trace, TraceRequest
 from kv_cache_rl.engine.actions import ActionsMixin
 from kv_cache_rl.engine.block_pool import UNITS_PER_BLOCK, BlockPool
@@ -233,11 +231,12 @@ class Engine(SchedulerMixin, ActionsMixin):
         hbt = self.trace.hash_block_tokens
         ids = req.hash_ids
         n_full = min(req.input_toks, len(ids) * hbt) // bs
-        if max(ids, default=0) >= (1 << 62) // hbt:  # ids from a file may be 64-bit hashes
-            return [ids[e // hbt] * hbt + e % hbt for e in range(bs - 1, n_full * bs, bs)]
-        # numpy: prompts run to thousands of blocks; plain ints come out, as in the loop above
-        ends = np.arange(bs - 1, n_full * bs, bs, dtype=np.int64)  # last token of each block
-        return (np.asarray(ids, dtype=np.int64)[ends // hbt] * hbt + ends % hbt).tolist()
+        if hbt % bs == 0:  # every id spans whole blocks (16: generated, 512: Mooncake): per id
+            offsets = range(bs - 1, hbt, bs)
+            keys = [i * hbt + o for i in ids[:-(-n_full * bs // hbt)] for o in offsets]
+            del keys[n_full:]
+            return keys
+        return [ids[e // hbt] * hbt + e % hbt for e in range(bs - 1, n_full * bs, bs)]
 
     def _reclaim_pinned(self) -> bool:
         """Nothing runs and the queue head does not fit: release the least recently used
