@@ -141,8 +141,8 @@ def parse_seeds(text: str) -> range:
 DEFAULT_OUT = Path(__file__).parent / "data" / "policies" / "learned.json"
 
 
-def train(*, out: str | Path, difficulty: str = "hard", seed: int = 0, generations: int = 20,
-          population: int = 20, elite: int = 5, batch: int = 10, workers: int = 2,
+def train(*, out: str | Path, difficulty: str = "hard", seed: int = 0, generations: int = 30,
+          population: int = 32, elite: int = 8, batch: int = 16, workers: int = 2,
           train_seeds: range = range(1000, 2000), select_seeds: range = range(2000, 2040),
           eval_seeds: range | None = range(0, 50), baselines=("keep", "lru", "compress_first"),
           fractions: tuple[float, float] | None = None, command: str = "", log=print) -> dict:
