@@ -60,35 +60,35 @@ _FIXED_VALUE = tuple({kind: eviction_value(kind, high, 1.0, 0.0) for kind in KIN
 _RUNNING, _SWAPPED = State.RUNNING, State.SWAPPED
 
 
-def _own_units(seq: Sequence, units_of: list[int]) -> int:
+def _own_units(seq: Sequence, units_of: list[int], block_size: int) -> int:
     """Units this sequence would free if evicted: all its blocks except the system prefix,
-    which every request shares.
+    which every request shares (the first ``system_toks // block_size`` blocks of a request;
+    retained holders never include it).
 
     Memoised per sequence: while its block list only grows (same list, tier and state), the
     blocks it already had keep their size (only compressing the sequence itself shrinks a
-    block it holds, apart from the system prefix), so only the new blocks are added.
+    block it holds alone, and the system prefix is left out), so only new blocks are added.
     """
     blocks = seq.blocks
+    cut = seq.req.system_toks // block_size \
+        if seq.kind == "generation" and seq.req is not None else 0
     memo = seq._obs_memo
     if memo is not None and memo[0] is blocks and memo[1] == seq.tier and memo[2] is seq.state:
         done = memo[3]
         if done == len(blocks):
             return memo[4]
-        units = memo[4] + sum(map(units_of.__getitem__, blocks[done:]))
+        units = memo[4] + sum(map(units_of.__getitem__, blocks[max(done, cut):]))
     else:
-        units = sum(map(units_of.__getitem__, blocks))
-        if seq.kind == "generation" and seq.req is not None and seq.req.system_toks:
-            # a request reads the shared system prefix; retained holders never include it
-            units -= sum(map(units_of.__getitem__, blocks[: seq.req.system_toks // 16]))
+        units = sum(map(units_of.__getitem__, blocks[cut:]))
     seq._obs_memo = (blocks, seq.tier, seq.state, len(blocks), units)
     return units
 
 
-def _ranked(seq: Sequence, now: float, units_of: list[int]) -> tuple:
+def _ranked(seq: Sequence, now: float, units_of: list[int], block_size: int) -> tuple:
     """What ranking needs (own units, eviction value, sequence), without building an Entry
     (a hard scenario caches a hundred sequences; the text lists twelve)."""
     state = seq.state
-    own_units = 0 if state is _SWAPPED else _own_units(seq, units_of)
+    own_units = 0 if state is _SWAPPED else _own_units(seq, units_of, block_size)
     kind = seq.kind
     value = _FIXED_VALUE[seq.priority > 0].get(kind)
     if value is None:
@@ -108,9 +108,9 @@ def _entry(row: tuple, now: float) -> Entry:
                  seq.state is _SWAPPED, seq.priority, round(progress, 3), round(idle, 1), value)
 
 
-def make_entry(seq: Sequence, now: float, units_of: list[int]) -> Entry:
+def make_entry(seq: Sequence, now: float, units_of: list[int], block_size: int) -> Entry:
     """The observable entry of one cached sequence (``units_of``: ``BlockPool.units``)."""
-    return _entry(_ranked(seq, now, units_of), now)
+    return _entry(_ranked(seq, now, units_of, block_size), now)
 
 
 @dataclass(frozen=True)
@@ -187,11 +187,11 @@ def _num(x: float) -> str:
 def observe(engine, *, step: int, steps_total: int, above: int, last_pending: int) -> Observation:
     """Summarise ``engine`` for an agent at the start of ``step``."""
     now = engine.now
-    units_of = engine.pool.units
+    units_of, block_size = engine.pool.units, engine.config.block_size
     counts = {kind: [0, 0, 0] for kind in KIND_ORDER}  # count, compressed, on cpu
     by_memory, by_value = [], []  # sort keys; seq ids are unique, so rows are never compared
     for seq in engine.cached_sequences():  # one pass: a hard scenario caches ~100 sequences
-        row = _ranked(seq, now, units_of)
+        row = _ranked(seq, now, units_of, block_size)
         own, value = row[0], row[1]
         by_memory.append((-own, seq.seq_id, row))
         by_value.append((-value, -own, seq.seq_id, row))

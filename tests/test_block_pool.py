@@ -395,3 +395,12 @@ def test_uncache_private_keeps_shared_blocks_published():
     assert pool.lookup("a") == a and pool.lookup("b") is None and pool.key[b] is None
     assert pool.version > version
     conserved(pool)
+
+
+def test_shrink_shared_block_listed_twice_frees_once():
+    pool = BlockPool(4)
+    (a,) = pool.allocate(1)
+    pool.touch(a)  # held twice by one holder (a prompt that repeats a hash id)
+    assert pool.shrink_private([a, a], 1, shared_too=True) == 3
+    assert pool.units[a] == 1 and pool.used_units == 1
+    conserved(pool)

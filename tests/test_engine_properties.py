@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from kv_cache_rl.config import EngineConfig
 from kv_cache_rl.engine import ActionError, Engine, State
+from kv_cache_rl.observation import _own_units as observed_units
 
 SETTINGS = dict(deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -66,6 +67,18 @@ actions = st.lists(st.tuples(
 ), max_size=40)
 
 
+def _check_observed_sizes(eng: Engine) -> None:
+    """The observation's remembered entry sizes equal a count from scratch (the memo grows
+    with a sequence's block list; the request's system prefix is never counted)."""
+    units, bs = eng.pool.units, eng.config.block_size
+    for seq in eng.cached_sequences():
+        if seq.state == State.SWAPPED:
+            continue
+        cut = seq.req.system_toks // bs if seq.kind == "generation" and seq.req else 0
+        fresh = sum(units[b] for b in seq.blocks[cut:])
+        assert observed_units(seq, units, bs) == fresh, (seq, fresh)
+
+
 def _run(config: dict, trace, plan, fast: bool = False) -> Tracker:
     engine = Engine(EngineConfig(**config), PROFILE, trace)
     todo = list(plan)
@@ -73,6 +86,7 @@ def _run(config: dict, trace, plan, fast: bool = False) -> Tracker:
 
     def between(t: Tracker) -> None:
         eng = t.engine
+        _check_observed_sizes(eng)
         while todo:
             if wait[0] > 0:
                 wait[0] -= 1

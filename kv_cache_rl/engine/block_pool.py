@@ -256,8 +256,8 @@ class BlockPool:
         """Resize every block of ``blocks`` held only once (or all, ``shared_too``) to ``units``
         where larger; return the units freed (quantizing one sequence's KV)."""
         ref, size = self.ref, self.units
-        if shared_too:
-            shrink = [b for b in blocks if size[b] > units]
+        if shared_too:  # a block listed twice (a prompt repeating a hash id) shrinks once
+            shrink = list(dict.fromkeys(b for b in blocks if size[b] > units))
         else:
             shrink = [b for b in blocks if size[b] > units and ref[b] == 1]
         freed = sum(map(size.__getitem__, shrink)) - units * len(shrink)
