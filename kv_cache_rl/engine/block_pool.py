@@ -175,17 +175,8 @@ class BlockPool:
         if not self.enable_caching:
             return
         cached, own = self.cached, self.key
-        new_blocks, new_keys = blocks[start:stop], keys[start:stop]
-        n = len(new_blocks)
-        if cached.keys().isdisjoint(new_keys) and len(set(new_keys)) == n \
-                and list(map(own.__getitem__, new_blocks)).count(None) == n:
-            # the usual case, a prefill chunk of fresh blocks and distinct new keys: in bulk
-            cached.update(zip(new_keys, new_blocks))
-            for b, k in zip(new_blocks, new_keys):
-                own[b] = k
-            return
-        for b, k in zip(new_blocks, new_keys):
-            if own[b] is None and k not in cached:
+        for b, k in zip(blocks[start:stop], keys[start:stop]):
+            if k not in cached and own[b] is None:  # the first publisher of a key wins
                 own[b] = k
                 cached[k] = b
 

@@ -162,14 +162,15 @@ class SchedulerMixin:
                 and memo[3] not in pool.cached:
             return memo[4]
         hits = self._lookup_hits(seq)
+        cost, watch = 0, frozenset()
         if hits:
-            ref = pool.ref
-            sizes = list(map(pool.units.__getitem__, hits))
-            unreferenced = list(map(not_, map(ref.__getitem__, hits)))
-            cost = sum(select(sizes, unreferenced))
-            found = hits, cost, min(sizes)
+            refs = list(map(pool.ref.__getitem__, hits))
+            if 0 in refs:  # some hits are cached but free: touching them takes their space
+                unreferenced = list(map(not_, refs))
+                watch = frozenset(select(hits, unreferenced))
+                cost = sum(select(map(pool.units.__getitem__, hits), unreferenced))
+            found = hits, cost, min(map(pool.units.__getitem__, hits))
         else:
-            cost = 0
             found = hits, 0, UNITS_PER_BLOCK
         # While no hit leaves the cache or changes reference state or size (same version, no
         # watched block evicted), the hits can only grow, and only if the key after them is
@@ -177,7 +178,7 @@ class SchedulerMixin:
         j, keys = len(hits), seq.shared_keys
         limit = (seq.num_tokens - 1) // self.config.block_size
         after = None if j >= limit else keys[j] if j < len(keys) else (seq.seq_id, j)
-        pool.watch = frozenset(select(hits, unreferenced)) if cost else frozenset()
+        pool.watch = watch
         pool.watch_hit = False
         self._hits_memo = (seq, pool.version, seq.num_tokens, after, found)
         return found
@@ -189,10 +190,10 @@ class SchedulerMixin:
         limit = (seq.num_tokens - 1) // self.config.block_size
         keys = seq.shared_keys
         hits = list(map(get, keys[:limit]))  # prompts run to thousands of blocks: map, not a loop
-        if None in hits:
-            del hits[hits.index(None):]
-        else:
-            for j in range(len(keys), limit):  # a preempted request's own blocks
+        try:
+            del hits[hits.index(None):]  # the first miss ends the prefix
+        except ValueError:  # every shared key hit: a preempted request's own blocks may follow
+            for j in range(len(keys), limit):
                 block = get((seq.seq_id, j))
                 if block is None:
                     break
