@@ -34,11 +34,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "environments" / "kv_cache_eviction"))
 
 
-def _turns(difficulty: str, seed: int, steps: int) -> list:
-    """What compress_first plays (the same turns every adapter is driven with)."""
+def _episodes(episodes: int, steps: int):
+    """(difficulty, seed, turns) of every measured episode: the turns compress_first plays,
+    the same every adapter is driven with."""
     from kv_cache_eviction.common import policy_turns
 
-    return policy_turns(difficulty, seed, "compress_first", steps=steps)
+    for difficulty in ("easy", "medium", "hard"):
+        for i in range(episodes):
+            seed = 100 + i
+            yield difficulty, seed, policy_turns(difficulty, seed, "compress_first", steps=steps)
 
 
 class Clock:
@@ -79,47 +83,44 @@ def overhead_v1(episodes: int, steps: int) -> list[dict]:
     tool_server.CACHE = EpisodeCache()  # the tool server's process has its own cache
     clock = Clock()
     rows = []
-    for difficulty in ("easy", "medium", "hard"):
-        for i in range(episodes):
-            seed = 100 + i
-            turns = _turns(difficulty, seed, steps)
-            config = KVCacheEvictionConfig(difficulty=difficulty, num_examples=1, seed=seed,
-                                           steps=steps)
-            (task,) = list(KVCacheEvictionTaskset(config))
-            trace = SimpleNamespace(state=KVState(), num_turns=0, assistant_messages=[], info={})
-            asyncio.run(task.setup(trace, None))
-            messages = [vf.SystemMessage(content=task.data.system_prompt),
-                        vf.UserMessage(content=task.data.prompt)]
-            for k, calls in enumerate(turns):
-                tool_calls = [vf.ToolCall(id=f"c{k}_{j}", name=n, arguments=a)
-                              for j, (n, a) in enumerate(calls)]
-                reply = vf.AssistantMessage(tool_calls=tool_calls)
-                messages.append(reply)
-                trace.num_turns += 1
-                trace.assistant_messages.append(reply)
-                sim0, start = clock.sim, time.perf_counter()
-                for call in tool_calls:  # the gate
-                    task.protocol(vf.Request(messages=[*messages, vf.ToolMessage(
-                        tool_call_id=call.id, content="", name=call.name)]), trace)
-                outputs = []
-                for call in tool_calls:  # the tool server, state as JSON both ways
-                    wire = KVState.model_validate_json(trace.state.model_dump_json())
-                    text = apply_call(wire, call.name, json.loads(call.arguments))
-                    trace.state = KVState.model_validate_json(wire.model_dump_json())
-                    outputs.append(vf.ToolMessage(tool_call_id=call.id, content=text,
-                                                  name=call.name))
-                task.clock(trace)
-                for j in range(len(outputs)):
-                    out = task.protocol(vf.Request(messages=[*messages, *outputs[:j + 1]]),
-                                        trace)
-                    if out is not None:
-                        outputs[j] = out.messages[-1]
-                task.finished(vf.Request(messages=[*messages, *outputs]), trace)
-                total = time.perf_counter() - start
-                messages.extend(outputs)
-                rows.append({"difficulty": difficulty, "calls": len(calls), "turn": k,
-                             "total_ms": 1000 * total, "sim_ms": 1000 * (clock.sim - sim0)})
-            asyncio.run(task.finalize(trace, None))
+    for difficulty, seed, turns in _episodes(episodes, steps):
+        config = KVCacheEvictionConfig(difficulty=difficulty, num_examples=1, seed=seed,
+                                       steps=steps)
+        (task,) = list(KVCacheEvictionTaskset(config))
+        trace = SimpleNamespace(state=KVState(), num_turns=0, assistant_messages=[], info={})
+        asyncio.run(task.setup(trace, None))
+        messages = [vf.SystemMessage(content=task.data.system_prompt),
+                    vf.UserMessage(content=task.data.prompt)]
+        for k, calls in enumerate(turns):
+            tool_calls = [vf.ToolCall(id=f"c{k}_{j}", name=n, arguments=a)
+                          for j, (n, a) in enumerate(calls)]
+            reply = vf.AssistantMessage(tool_calls=tool_calls)
+            messages.append(reply)
+            trace.num_turns += 1
+            trace.assistant_messages.append(reply)
+            sim0, start = clock.sim, time.perf_counter()
+            for call in tool_calls:  # the gate
+                task.protocol(vf.Request(messages=[*messages, vf.ToolMessage(
+                    tool_call_id=call.id, content="", name=call.name)]), trace)
+            outputs = []
+            for call in tool_calls:  # the tool server, state as JSON both ways
+                wire = KVState.model_validate_json(trace.state.model_dump_json())
+                text = apply_call(wire, call.name, json.loads(call.arguments))
+                trace.state = KVState.model_validate_json(wire.model_dump_json())
+                outputs.append(vf.ToolMessage(tool_call_id=call.id, content=text,
+                                              name=call.name))
+            task.clock(trace)
+            for j in range(len(outputs)):
+                out = task.protocol(vf.Request(messages=[*messages, *outputs[:j + 1]]),
+                                    trace)
+                if out is not None:
+                    outputs[j] = out.messages[-1]
+            task.finished(vf.Request(messages=[*messages, *outputs]), trace)
+            total = time.perf_counter() - start
+            messages.extend(outputs)
+            rows.append({"difficulty": difficulty, "calls": len(calls), "turn": k,
+                         "total_ms": 1000 * total, "sim_ms": 1000 * (clock.sim - sim0)})
+        asyncio.run(task.finalize(trace, None))
     return rows
 
 
@@ -132,31 +133,28 @@ def overhead_v0(episodes: int, steps: int) -> list[dict]:
 
     clock = Clock()
     rows = []
-    for difficulty in ("easy", "medium", "hard"):
-        for i in range(episodes):
-            seed = 100 + i
-            turns = _turns(difficulty, seed, steps)
-            env = load_environment(difficulty=difficulty, num_examples=1, seed=seed, steps=steps)
-            row = env.get_eval_dataset(n=1)[0]
+    for difficulty, seed, turns in _episodes(episodes, steps):
+        env = load_environment(difficulty=difficulty, num_examples=1, seed=seed, steps=steps)
+        row = env.get_eval_dataset(n=1)[0]
 
-            async def go():
-                state = vf.State(input={})
-                state["info"] = row["info"]
-                state["prompt"] = [vf.UserMessage(content=row["prompt"][1]["content"])]
-                state = await env.setup_state(state)
-                messages = list(state["prompt"])
-                for k, calls in enumerate(turns):
-                    messages.append(vf.AssistantMessage(tool_calls=[
-                        vf.ToolCall(id=f"c{k}_{j}", name=n, arguments=a)
-                        for j, (n, a) in enumerate(calls)]))
-                    sim0, start = clock.sim, time.perf_counter()
-                    out = await env.env_response(messages, state)
-                    total = time.perf_counter() - start
-                    messages.extend(out)
-                    rows.append({"difficulty": difficulty, "calls": len(calls), "turn": k,
-                                 "total_ms": 1000 * total, "sim_ms": 1000 * (clock.sim - sim0)})
+        async def go():
+            state = vf.State(input={})
+            state["info"] = row["info"]
+            state["prompt"] = [vf.UserMessage(content=row["prompt"][1]["content"])]
+            state = await env.setup_state(state)
+            messages = list(state["prompt"])
+            for k, calls in enumerate(turns):
+                messages.append(vf.AssistantMessage(tool_calls=[
+                    vf.ToolCall(id=f"c{k}_{j}", name=n, arguments=a)
+                    for j, (n, a) in enumerate(calls)]))
+                sim0, start = clock.sim, time.perf_counter()
+                out = await env.env_response(messages, state)
+                total = time.perf_counter() - start
+                messages.extend(out)
+                rows.append({"difficulty": difficulty, "calls": len(calls), "turn": k,
+                             "total_ms": 1000 * total, "sim_ms": 1000 * (clock.sim - sim0)})
 
-            asyncio.run(go())
+        asyncio.run(go())
     return rows
 
 
@@ -186,28 +184,26 @@ def tokens(episodes: int, steps: int) -> dict:
                                           system_prompt, user_prompt)
 
     rows = []
-    for difficulty in ("easy", "medium", "hard"):
-        for i in range(episodes):
-            seed = 100 + i
-            episode = new_episode(difficulty, seed, steps, 8)
-            system, first = system_prompt(8), user_prompt(episode)
-            context = count_tokens(system) + count_tokens(first)
-            prompt_tokens = context
-            sent = 0  # input tokens summed over the episode's requests (no prefix caching)
-            per_turn, reply_tokens = [], 0
-            for calls in _turns(difficulty, seed, steps):
-                sent += context
-                reply = json.dumps([{"name": n, "arguments": a} for n, a in calls])
-                reply_tokens += count_tokens(reply)
-                texts = [episode.call(n, a) for n, a in calls]
-                episode.advance()
-                k = carrier_index(calls)
-                texts[k] = attach(texts[k], after_step(episode))
-                read = sum(count_tokens(t) for t in texts)
-                per_turn.append(read)
-                context += count_tokens(reply) + read
-            rows.append({"prompt": prompt_tokens, "per_turn": statistics.fmean(per_turn),
-                         "replies": reply_tokens, "final_context": context, "sent": sent})
+    for difficulty, seed, turns in _episodes(episodes, steps):
+        episode = new_episode(difficulty, seed, steps, 8)
+        system, first = system_prompt(8), user_prompt(episode)
+        context = count_tokens(system) + count_tokens(first)
+        prompt_tokens = context
+        sent = 0  # input tokens summed over the episode's requests (no prefix caching)
+        per_turn, reply_tokens = [], 0
+        for calls in turns:
+            sent += context
+            reply = json.dumps([{"name": n, "arguments": a} for n, a in calls])
+            reply_tokens += count_tokens(reply)
+            texts = [episode.call(n, a) for n, a in calls]
+            episode.advance()
+            k = carrier_index(calls)
+            texts[k] = attach(texts[k], after_step(episode))
+            read = sum(count_tokens(t) for t in texts)
+            per_turn.append(read)
+            context += count_tokens(reply) + read
+        rows.append({"prompt": prompt_tokens, "per_turn": statistics.fmean(per_turn),
+                     "replies": reply_tokens, "final_context": context, "sent": sent})
     mean = {k: round(statistics.fmean(r[k] for r in rows), 1) for k in rows[0]}
     return {"encoding": encoding()[0], "episodes": len(rows), "steps": steps,
             "prompt_tokens": mean["prompt"], "read_per_turn": mean["per_turn"],

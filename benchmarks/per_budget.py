@@ -6,7 +6,7 @@ reward on the hard tier's scenarios as the GPU KV budget varies.
 
 Scenario ``(hard, seed)`` keeps its workload and arrival rate; only its budget is replaced
 by ``fraction x`` the window's peak KV demand with unlimited memory (the hard tier itself
-draws 0.65-0.80; :func:`kv_cache_rl.train.scenario`). Seeds 0..episodes-1 are bench's
+draws 0.65-0.80; :func:`kv_cache_rl.scenario.make_scenario`). Seeds 0..episodes-1 are bench's
 held-out seeds (``learned`` trains on 1000+). Every policy plays the same scenarios at every
 budget, so the curves compare how each policy's ranking of candidates (and its choice of
 action) holds up as memory gets scarcer. ``lookahead`` (sees the future, ~seconds per

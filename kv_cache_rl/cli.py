@@ -120,7 +120,8 @@ def _cmd_serve(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from kv_cache_rl.train import DEFAULT_OUT, parse_fractions, parse_seeds, train
+    from kv_cache_rl.scenario import parse_fractions
+    from kv_cache_rl.train import DEFAULT_OUT, parse_seeds, train
 
     command = (f"kv-cache-rl train --seed {args.seed} --difficulty {args.difficulty} "
                f"--generations {args.generations} --population {args.population} "

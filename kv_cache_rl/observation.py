@@ -108,11 +108,6 @@ def _entry(row: tuple, now: float) -> Entry:
                  seq.state is _SWAPPED, seq.priority, round(progress, 3), round(idle, 1), value)
 
 
-def make_entry(seq: Sequence, now: float, units_of: list[int], block_size: int) -> Entry:
-    """The observable entry of one cached sequence (``units_of``: ``BlockPool.units``)."""
-    return _entry(_ranked(seq, now, units_of, block_size), now)
-
-
 @dataclass(frozen=True)
 class Observation:
     step: int  # decision steps already served: 0 at the start, ``steps_total`` once over

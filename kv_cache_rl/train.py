@@ -13,7 +13,7 @@ between the last mean and the best candidate ever sampled is made on ``--select-
 ``bench`` plays). The three sets are disjoint, so the reported margin is out of sample.
 
 Budgets: ``--memory-fraction LO:HI`` replaces each training scenario's KV budget by LO..HI x
-its peak demand (drawn from the seed; :func:`scenario`), so the policy also learns scarcer
+its peak demand (drawn from the seed; :func:`~kv_cache_rl.scenario.memory_fraction_for`), so the policy also learns scarcer
 memory than the tier's own 0.65-0.80; the shipped weights use 0.3:0.8. The held-out report
 always plays the tier's own scenarios, exactly as ``bench`` does.
 
@@ -32,15 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kv_cache_rl.scenario import memory_fraction_for, parse_fractions  # noqa: F401 (CLI)
-
-
-def scenario(difficulty: str, seed: int, memory_fraction: float | None = None):
-    """The scenario of ``(difficulty, seed)``, optionally with its KV budget replaced by
-    ``memory_fraction`` x the window's peak demand (cached, like every scenario)."""
-    from kv_cache_rl.scenario import make_scenario
-
-    return make_scenario(difficulty, seed, memory_fraction=memory_fraction)
+from kv_cache_rl.scenario import make_scenario, memory_fraction_for
 
 
 def _play(key: tuple, policy_spec) -> float:
@@ -52,7 +44,9 @@ def _play(key: tuple, policy_spec) -> float:
 
     policy = make_policy(policy_spec) if isinstance(policy_spec, str) \
         else LearnedPolicy(np.asarray(policy_spec))
-    return float(play(scenario(*key), policy).score()["reward"])
+    difficulty, seed, fraction = key
+    scenario = make_scenario(difficulty, seed, memory_fraction=fraction)
+    return float(play(scenario, policy).score()["reward"])
 
 
 def _play_many(key: tuple, specs: list) -> list[float]:

@@ -139,11 +139,7 @@ class BlockPool:
 
     def touch(self, block: int) -> None:
         """Take a reference to a cached block (a prefix-cache hit)."""
-        if self.ref[block] == 0:
-            del self._evictable[self.key[block]]
-            self.evictable_units -= self.units[block]
-            self.version += 1
-        self.ref[block] += 1
+        self.touch_many([block])
 
     def touch_many(self, blocks: list[int]) -> None:
         """:meth:`touch` each of ``blocks`` (a request's prefix hits)."""
