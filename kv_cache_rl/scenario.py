@@ -172,9 +172,12 @@ def parse_fractions(text: str | None) -> tuple[float, float] | None:
     """``"0.3:0.8"`` -> (0.3, 0.8), ``"0.4"`` -> (0.4, 0.4); None stays None."""
     if not text:
         return None
+    usage = f"--memory-fraction must be F or LO:HI with 0 < LO <= HI <= 2, got {text!r}"
     lo, _, hi = text.partition(":")
-    lo, hi = float(lo), float(hi or lo)
+    try:
+        lo, hi = float(lo), float(hi or lo)
+    except ValueError:
+        raise ValueError(usage) from None
     if not 0 < lo <= hi <= 2:
-        raise ValueError(f"--memory-fraction must be F or LO:HI with 0 < LO <= HI <= 2, "
-                         f"got {text}")
+        raise ValueError(usage)
     return lo, hi

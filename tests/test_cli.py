@@ -80,8 +80,10 @@ def test_bench_memory_fraction(tmp_path, capsys):
     assert data["memory_fraction"] == [0.4, 0.5] and len(data["results"][0]["rewards"]) == 2
     assert "0.4-0.5 x each window's peak demand" in capsys.readouterr().out
     assert main(args[:-2]) == 0 and main(args[:-2]) == 0  # same seeds, same budgets: cached
-    assert main(["bench", "--memory-fraction", "0:1"]) == 2
-    assert "--memory-fraction must be" in capsys.readouterr().err
+    for bad in ("0:1", "0.5:0.3", "abc"):
+        assert main(["bench", "--memory-fraction", bad]) == 2
+        err = capsys.readouterr().err
+        assert "--memory-fraction must be F or LO:HI" in err and "Traceback" not in err
 
 
 def test_module_entry_point(trace):
