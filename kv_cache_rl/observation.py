@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from heapq import nsmallest
+from operator import attrgetter
+from typing import NamedTuple
 
 from kv_cache_rl.engine import UNITS_PER_BLOCK, Sequence, State
+from kv_cache_rl.engine.block_pool import gather
 
 TIER_NAMES = ("fp16", "int8", "int4")
 KIND_ORDER = ("system", "context", "generation", "reasoning", "ephemeral")
@@ -24,8 +27,7 @@ CONTEXT_PAUSE_S = 30.0  # tool-call pauses last 2-30 s (Dynamo): idle longer, le
 TOP_K = 6  # entries listed per table (12 rows keep the text under 600 tokens)
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):  # immutable; a tuple because observations build a dozen per step
     seq_id: int
     kind: str
     tokens: int
@@ -58,6 +60,7 @@ def eviction_value(kind: str, priority: int, progress: float, idle_s: float) -> 
 _FIXED_VALUE = tuple({kind: eviction_value(kind, high, 1.0, 0.0) for kind in KIND_VALUE
                       if kind not in ("context", "generation")} for high in (0, 1))
 _RUNNING, _SWAPPED = State.RUNNING, State.SWAPPED
+_num_tokens = attrgetter("num_tokens")
 
 
 def _own_units(seq: Sequence, units_of: list[int], block_size: int) -> int:
@@ -77,9 +80,9 @@ def _own_units(seq: Sequence, units_of: list[int], block_size: int) -> int:
         done = memo[3]
         if done == len(blocks):
             return memo[4]
-        units = memo[4] + sum(map(units_of.__getitem__, blocks[max(done, cut):]))
+        units = memo[4] + sum(gather(units_of, blocks[max(done, cut):]))
     else:
-        units = sum(map(units_of.__getitem__, blocks[cut:]))
+        units = sum(gather(units_of, blocks[cut:]))
     seq._obs_memo = (blocks, seq.tier, seq.state, len(blocks), units)
     return units
 
@@ -179,6 +182,15 @@ def _num(x: float) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
+def remember_sizes(engine) -> None:
+    """Fill every cached sequence's size memo (see :func:`_own_units`). A scenario does it
+    once on its warm start, so every episode copied from it starts with the sizes known."""
+    units_of, block_size = engine.pool.units, engine.config.block_size
+    for seq in engine.cached_sequences():
+        if seq.state is not _SWAPPED:
+            _own_units(seq, units_of, block_size)
+
+
 def observe(engine, *, step: int, steps_total: int, above: int, last_pending: int) -> Observation:
     """Summarise ``engine`` for an agent at the start of ``step``."""
     now = engine.now
@@ -202,7 +214,7 @@ def observe(engine, *, step: int, steps_total: int, above: int, last_pending: in
         step=step, steps_total=steps_total, memory_usage=round(engine.pool.usage, 4),
         memory_budget=engine.config.num_gpu_blocks, time_above_0_95=above,
         pending=len(waiting), pending_queue_growth=len(waiting) - last_pending,
-        pending_tokens=sum(s.num_tokens for s in waiting),
+        pending_tokens=sum(map(_num_tokens, waiting)),
         oldest_wait_s=round(max((now - s.arrival_s for s in waiting), default=0.0), 1),
         running=len(engine.running),
         cpu_used_blocks=(engine.cpu_total_units - engine.cpu_free_units) / UNITS_PER_BLOCK,

@@ -18,6 +18,7 @@ import numpy as np
 
 from kv_cache_rl.config import EngineConfig, Trace
 from kv_cache_rl.engine import UNITS_PER_BLOCK, Engine
+from kv_cache_rl.observation import remember_sizes
 
 DIFFICULTIES = ("easy", "medium", "hard")
 MODEL, GPU = "Llama-3.1-8B", "RTXPRO6000"  # the profile validated against a real vLLM run
@@ -80,6 +81,7 @@ class Scenario:
         engine = Engine(self.config, self.profile, self.trace)
         engine.run_until(self.warmup_s)
         engine.derive_prefix_keys()
+        remember_sizes(engine)
         return engine
 
     def start(self) -> Engine:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import heapq
 
-from kv_cache_rl.engine.block_pool import UNITS_PER_BLOCK
+from kv_cache_rl.engine.block_pool import UNITS_PER_BLOCK, gather
 from kv_cache_rl.engine.clone import clone_engine
 from kv_cache_rl.engine.sequence import Sequence, State
 
@@ -114,19 +114,20 @@ class ActionsMixin:
         if seq.state == State.SWAPPED:
             raise InvalidStateError(f"sequence {seq_id} is already in host memory")
         pool = self.pool
-        ref, size, key = pool.ref, pool.units, pool.key
-        moved = [(j, b) for j, b in enumerate(seq.blocks) if ref[b] == 1]
-        units = sum(size[b] for _, b in moved)
-        if not moved:
+        ref, key = pool.ref, pool.key
+        blocks = seq.blocks
+        own = [j for j, r in enumerate(gather(ref, blocks)) if r == 1]
+        if not own:
             raise InvalidStateError(f"sequence {seq_id} holds no blocks of its own to swap")
+        moved = gather(blocks, own)
+        units = sum(gather(pool.units, moved))
         if units > self.cpu_free_units:
             raise CapacityError(
                 f"host swap space is full ({self.cpu_free_units // UNITS_PER_BLOCK} free blocks, "
                 f"sequence {seq_id} needs {units / UNITS_PER_BLOCK:g})")
-        for j, block in moved:
-            if key[block] is not None:
-                seq.cpu_keys.append((j, key[block]))
-                pool.uncache(block)
+        seq.cpu_keys += [(j, k) for j, k in zip(own, gather(key, moved)) if k is not None]
+        pool.uncache_private(moved)
+        for block in moved:
             ref[block] = 0  # held by the host copy, not by the GPU pool
         pool.release_units(units)
         self.cpu_free_units -= units

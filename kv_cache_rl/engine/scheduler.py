@@ -9,8 +9,10 @@ from __future__ import annotations
 from itertools import compress as select  # not the quantizing action
 from operator import not_
 
-from kv_cache_rl.engine.block_pool import UNITS_PER_BLOCK
+from kv_cache_rl.engine.block_pool import UNITS_PER_BLOCK, gather
 from kv_cache_rl.engine.sequence import Sequence, State
+
+LOOKUP_CHUNK = 64  # prefix keys looked up at once at first (the chunk doubles while all hit)
 
 
 class SchedulerMixin:
@@ -164,12 +166,12 @@ class SchedulerMixin:
         hits = self._lookup_hits(seq)
         cost, watch = 0, frozenset()
         if hits:
-            refs = list(map(pool.ref.__getitem__, hits))
+            refs, sizes = gather(pool.ref, hits), gather(pool.units, hits)
             if 0 in refs:  # some hits are cached but free: touching them takes their space
                 unreferenced = list(map(not_, refs))
                 watch = frozenset(select(hits, unreferenced))
-                cost = sum(select(map(pool.units.__getitem__, hits), unreferenced))
-            found = hits, cost, min(map(pool.units.__getitem__, hits))
+                cost = sum(select(sizes, unreferenced))
+            found = hits, cost, min(sizes)
         else:
             found = hits, 0, UNITS_PER_BLOCK
         # While no hit leaves the cache or changes reference state or size (same version, no
@@ -189,15 +191,25 @@ class SchedulerMixin:
         # at least the last token is always recomputed, so its logits can be sampled
         limit = (seq.num_tokens - 1) // self.config.block_size
         keys = seq.shared_keys
-        hits = list(map(get, keys[:limit]))  # prompts run to thousands of blocks: map, not a loop
-        try:
-            del hits[hits.index(None):]  # the first miss ends the prefix
-        except ValueError:  # every shared key hit: a preempted request's own blocks may follow
-            for j in range(len(keys), limit):
-                block = get((seq.seq_id, j))
-                if block is None:
-                    break
-                hits.append(block)
+        # Prompts run to thousands of blocks and most of a new one misses: look up in chunks
+        # that double (map, not a loop), so a lookup costs about its hits, not the prompt.
+        hits: list[int] = []
+        end = min(len(keys), limit)
+        j, chunk = 0, LOOKUP_CHUNK
+        while j < end:
+            found = list(map(get, keys[j:min(j + chunk, end)]))
+            if None in found:  # the first miss ends the prefix
+                hits += found[:found.index(None)]
+                return hits
+            hits += found
+            j += chunk
+            chunk *= 2
+        # every shared key hit: a preempted request's own blocks may follow
+        for j in range(len(keys), limit):
+            block = get((seq.seq_id, j))
+            if block is None:
+                break
+            hits.append(block)
         return hits
 
     def _update(self, scheduled, finished: list[Sequence]) -> int:
