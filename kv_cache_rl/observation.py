@@ -8,7 +8,6 @@ same text) and the fixed-size arrays of the Gymnasium env.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from heapq import nsmallest
 from operator import attrgetter
 from typing import NamedTuple
 
@@ -60,7 +59,7 @@ def eviction_value(kind: str, priority: int, progress: float, idle_s: float) -> 
 _FIXED_VALUE = tuple({kind: eviction_value(kind, high, 1.0, 0.0) for kind in KIND_VALUE
                       if kind not in ("context", "generation")} for high in (0, 1))
 _RUNNING, _SWAPPED = State.RUNNING, State.SWAPPED
-_num_tokens = attrgetter("num_tokens")
+_num_tokens, _arrival_s = attrgetter("num_tokens"), attrgetter("arrival_s")
 
 
 def _own_units(seq: Sequence, units_of: list[int], block_size: int) -> int:
@@ -207,15 +206,20 @@ def observe(engine, *, step: int, steps_total: int, above: int, last_pending: in
         c[1] += seq.tier > 0
         c[2] += seq.state is _SWAPPED
     overview = {kind: tuple(c) for kind, c in counts.items()}
-    top_memory = [_entry(k[2], now) for k in nsmallest(TOP_K, by_memory)]
-    candidates = [_entry(k[3], now) for k in nsmallest(TOP_K, by_value)]
+    by_memory.sort()  # a few dozen rows: a C sort beats heapq.nsmallest's Python loop
+    by_value.sort()
+    entries = {}  # a sequence listed in both tables is described once
+    for k in by_memory[:TOP_K]:
+        entries[k[1]] = _entry(k[2], now)
+    top_memory = list(entries.values())
+    candidates = [entries.get(k[2]) or _entry(k[3], now) for k in by_value[:TOP_K]]
     waiting = engine.waiting
     return Observation(
         step=step, steps_total=steps_total, memory_usage=round(engine.pool.usage, 4),
         memory_budget=engine.config.num_gpu_blocks, time_above_0_95=above,
         pending=len(waiting), pending_queue_growth=len(waiting) - last_pending,
         pending_tokens=sum(map(_num_tokens, waiting)),
-        oldest_wait_s=round(max((now - s.arrival_s for s in waiting), default=0.0), 1),
+        oldest_wait_s=round(now - min(map(_arrival_s, waiting)), 1) if waiting else 0.0,
         running=len(engine.running),
         cpu_used_blocks=(engine.cpu_total_units - engine.cpu_free_units) / UNITS_PER_BLOCK,
         cpu_total_blocks=engine.config.num_cpu_blocks, overview=overview,

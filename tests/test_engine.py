@@ -14,8 +14,8 @@ import pytest
 from conftest import PROFILE, Tracker, check_invariants, drive, random_trace, snapshot
 
 from kv_cache_rl.config import EngineConfig, Trace, TraceRequest
-from kv_cache_rl.engine import (ActionError, CapacityError, Engine, InvalidStateError, State,
-                                UnknownSequenceError)
+from kv_cache_rl.engine import (ActionError, CapacityError, Engine, InvalidStateError, Sequence,
+                                State, UnknownSequenceError)
 from kv_cache_rl.replay import replay
 
 UNIT_BYTES = PROFILE.model.kv_bytes_per_token * 16 // 4  # one pool unit at block size 16
@@ -891,6 +891,23 @@ def test_clone_is_an_independent_exact_copy():
         [(s.req.request_id, s.first_token_s, s.finish_s) for s in original.finished]
     assert twin.stats == original.stats
     assert len(original.finished) + original.stats.rejected == 30
+
+
+def test_sequence_copy_copies_every_slot():
+    """``Sequence.copy`` names its slots one by one (for speed): a slot added later and
+    forgotten there would silently keep its default in engine clones."""
+    req = random_trace(1, 1).requests[0]
+    seq = Sequence(7, req, "generation", 40, 9, 1.5)
+    for i, name in enumerate(Sequence.__slots__):  # a distinct value in every slot
+        setattr(seq, name, [i, name] if name in ("blocks", "cpu_keys") else (i, name))
+    seq._obs_memo = (seq.blocks, 0, State.RUNNING, 2, 8)
+    copy = seq.copy()
+    for name in Sequence.__slots__:
+        if name != "_obs_memo":
+            assert getattr(copy, name) == getattr(seq, name), name
+    assert copy.blocks is not seq.blocks and copy.cpu_keys is not seq.cpu_keys
+    assert copy._obs_memo == (copy.blocks, 0, State.RUNNING, 2, 8)
+    assert copy._obs_memo[0] is copy.blocks  # the memo follows the copy's own list
 
 
 @pytest.mark.parametrize("hbt", [16, 512, 7])

@@ -13,8 +13,6 @@ from collections import deque
 
 from kv_cache_rl.engine.sequence import Sequence
 
-_SEQ_SLOTS = Sequence.__slots__
-
 
 def clone_engine(engine):
     seqs: dict[int, Sequence] = {}
@@ -24,15 +22,7 @@ def clone_engine(engine):
             return None
         new = seqs.get(id(s))
         if new is None:
-            new = Sequence.__new__(Sequence)
-            for name in _SEQ_SLOTS:
-                setattr(new, name, getattr(s, name))
-            new.blocks = s.blocks[:]
-            new.cpu_keys = s.cpu_keys[:]
-            memo = s._obs_memo  # the observation's size memo follows its block list
-            if memo is not None and memo[0] is s.blocks:
-                new._obs_memo = (new.blocks, *memo[1:])
-            seqs[id(s)] = new
+            new = seqs[id(s)] = s.copy()
         return new
 
     new = engine.__class__.__new__(engine.__class__)
