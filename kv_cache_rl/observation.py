@@ -52,7 +52,7 @@ def eviction_value(kind: str, priority: int, progress: float, idle_s: float) -> 
         value *= 1.0 - progress  # nearly done: evicting wastes the most work
     if priority > 0:
         value *= 0.5
-    return round(min(max(value, 0.0), 1.0), 3)
+    return round(0.0 if value < 0.0 else 1.0 if value > 1.0 else value, 3)  # clamped
 
 
 # kinds whose value depends on neither progress nor idle time, by priority (normal, high)
@@ -72,14 +72,15 @@ def _own_units(seq: Sequence, units_of: list[int], block_size: int) -> int:
     block it holds alone, and the system prefix is left out), so only new blocks are added.
     """
     blocks = seq.blocks
+    memo = seq._obs_memo
+    valid = memo is not None and memo[0] is blocks and memo[1] == seq.tier \
+        and memo[2] is seq.state
+    if valid and memo[3] == len(blocks):
+        return memo[4]  # the common case: nothing new since the last observation
     cut = seq.req.system_toks // block_size \
         if seq.kind == "generation" and seq.req is not None else 0
-    memo = seq._obs_memo
-    if memo is not None and memo[0] is blocks and memo[1] == seq.tier and memo[2] is seq.state:
-        done = memo[3]
-        if done == len(blocks):
-            return memo[4]
-        units = memo[4] + sum(gather(units_of, blocks[max(done, cut):]))
+    if valid:
+        units = memo[4] + sum(gather(units_of, blocks[max(memo[3], cut):]))
     else:
         units = sum(gather(units_of, blocks[cut:]))
     seq._obs_memo = (blocks, seq.tier, seq.state, len(blocks), units)
@@ -93,11 +94,13 @@ def _ranked(seq: Sequence, now: float, units_of: list[int], block_size: int) -> 
     own_units = 0 if state is _SWAPPED else _own_units(seq, units_of, block_size)
     kind = seq.kind
     value = _FIXED_VALUE[seq.priority > 0].get(kind)
-    if value is None:
-        progress = seq.num_output / seq.max_output if kind == "generation" and seq.max_output \
-            else 1.0
-        idle = 0.0 if state is _RUNNING else max(0.0, now - seq.last_active_s)
-        value = eviction_value(kind, seq.priority, progress, idle)
+    if value is None:  # a request's value depends on its progress, a context's on idle time
+        if kind == "generation":
+            progress = seq.num_output / seq.max_output if seq.max_output else 1.0
+            value = eviction_value(kind, seq.priority, progress, 0.0)
+        else:
+            idle = 0.0 if state is _RUNNING else max(0.0, now - seq.last_active_s)
+            value = eviction_value(kind, seq.priority, 1.0, idle)
     return own_units, value, seq
 
 
