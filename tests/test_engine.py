@@ -16,6 +16,8 @@ from conftest import PROFILE, Tracker, check_invariants, drive, random_trace, sn
 from kv_cache_rl.config import EngineConfig, Trace, TraceRequest
 from kv_cache_rl.engine import (ActionError, CapacityError, Engine, InvalidStateError, Sequence,
                                 State, UnknownSequenceError)
+from kv_cache_rl.engine import scheduler
+from kv_cache_rl.engine.scheduler import _held_within as held_within
 from kv_cache_rl.replay import replay
 
 UNIT_BYTES = PROFILE.model.kv_bytes_per_token * 16 // 4  # one pool unit at block size 16
@@ -704,6 +706,38 @@ def test_returning_turn_hits_its_retained_context():
     assert eng.stats.prompt_tokens == 200 + (400 - 12 * 16)
     (ctx,) = [s for s in eng.live.values() if s.kind == "context"] or [None]
     assert ctx is None  # expired by the end of the run
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_context_handover_equals_touch_then_release(seed, monkeypatch):
+    """A returning turn takes its context's references over instead of touching every block
+    and releasing the context: the same pool after every step (block ids included)."""
+    trace = random_trace(seed, 60, sessions=3, system_toks=48, reasoning=True, rate=8.0)
+    config = EngineConfig(num_gpu_blocks=160, retention_s=20.0, num_cpu_blocks=40)
+    handover = {"on": True, "taken": 0}
+
+    def switchable(context, hits):
+        where = held_within(context, hits) if handover["on"] else None
+        handover["taken"] += where is not None
+        return where
+
+    monkeypatch.setattr(scheduler, "_held_within", switchable)
+    fast, slow = Engine(config, PROFILE, trace), Engine(config, PROFILE, trace)
+    while True:
+        handover["on"] = True
+        dt = fast.step()
+        handover["on"] = False
+        assert slow.step() == dt
+        check_invariants(fast)
+        assert snapshot(fast) == snapshot(slow)
+        if dt == 0.0:
+            nxt = fast.next_event_s()
+            if nxt is None:
+                break
+            fast._idle_until(max(nxt, fast.now))
+            slow._idle_until(max(nxt, slow.now))
+    assert handover["taken"] > 0
+    assert fast.stats == slow.stats and len(fast.finished) == 60
 
 
 def _flushed(retention_s: float) -> Engine:

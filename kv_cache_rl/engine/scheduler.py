@@ -123,7 +123,12 @@ class SchedulerMixin:
                 break
             computed = len(hits) * bs
             seq.tier = tier
-            pool.touch_many(hits)
+            inherited = _held_within(context, hits) if context is not None else None
+            if inherited is None:
+                pool.touch_many(hits)
+            else:  # the context's references pass to the new turn: touch only the rest
+                pool.touch_many(hits[:inherited])
+                pool.touch_many(hits[inherited + len(context.blocks):])
             pool.reserve(need * units)
             seq.blocks = hits + pool.take(need, units)
             seq.num_computed = computed
@@ -131,7 +136,10 @@ class SchedulerMixin:
             seq.state = State.RUNNING
             waiting.popleft()
             running.append(seq)
-            if context is not None:
+            if inherited is not None:
+                context.blocks = []
+                self._forget(context)
+            elif context is not None:
                 self._release(context)  # the new turn now holds the context's blocks
             scheduled.append((seq, n))
             chunks.append((n, computed))
@@ -265,3 +273,18 @@ class SchedulerMixin:
         seq.state = State.WAITING
         self.waiting.appendleft(seq)
         self.stats.preemptions += 1
+
+
+def _held_within(context: Sequence, hits: list[int]) -> int | None:
+    """Where the session context's blocks sit, in order, within a new turn's prefix hits (or
+    None). Then admitting the turn and ending the retention would add one reference to each
+    and drop it again: handing the context's references over is the same, without the work
+    (a context runs to thousands of blocks)."""
+    blocks = context.blocks
+    if not blocks or context.state != State.RETAINED:
+        return None
+    try:
+        start = hits.index(blocks[0])
+    except ValueError:
+        return None
+    return start if hits[start:start + len(blocks)] == blocks else None
