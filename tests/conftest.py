@@ -218,6 +218,9 @@ def check_invariants(engine: Engine) -> None:
             assert s.num_computed <= s.num_tokens - 1 or s.num_computed == 0
             if state != State.WAITING:
                 assert len(s.blocks) == -(-s.num_computed // bs), s
+                # blocks still to be published hold no key (BlockPool.cache_many relies on it)
+                start, stop = s.num_registered, min(len(s.shared_keys), len(s.blocks))
+                assert all(pool.key[b] is None for b in s.blocks[start:stop]), s
         if state == State.SWAPPED:
             moved = [b for b in s.blocks if pool.ref[b] == 0]
             assert moved and s.cpu_units == sum(pool.units[b] for b in moved)

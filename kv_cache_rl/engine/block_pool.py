@@ -176,14 +176,14 @@ class BlockPool:
         self.cached[key] = block
 
     def cache_many(self, blocks: list[int], keys: list, start: int, stop: int) -> None:
-        """``cache(blocks[j], keys[j])`` for ``j`` in ``[start, stop)``, in one pass."""
+        """``cache(blocks[j], keys[j])`` for ``j`` in ``[start, stop)``, in one pass, for
+        blocks not published yet (a sequence's newly computed ones)."""
         if not self.enable_caching:
             return
-        cached, own = self.cached, self.key
+        publish, own = self.cached.setdefault, self.key  # one hash probe per block
         for b, k in zip(blocks[start:stop], keys[start:stop]):
-            if k not in cached and own[b] is None:  # the first publisher of a key wins
+            if publish(k, b) == b:  # the first publisher of a key wins
                 own[b] = k
-                cached[k] = b
 
     def uncache(self, block: int) -> None:
         """Withdraw a block from the prefix cache (its KV is being dropped or moved)."""
