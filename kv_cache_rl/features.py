@@ -86,26 +86,27 @@ def global_features(obs: Observation) -> np.ndarray:
     ], dtype=np.float32)
 
 
-def entry_features(e: Entry, obs: Observation, room: float | None = None) -> np.ndarray:
-    budget = max(obs.memory_budget, 1)
-    room = cpu_room(obs) if room is None else room
+def _entry_row(e: Entry, budget: int, room: float) -> list[float]:
     kind = [1.0 if e.kind == k else 0.0 for k in KIND_ORDER]
-    return np.array([
+    return [
         1.0, *kind, e.eviction_value, _clip(4 * e.blocks / budget),
         math.log1p(max(e.tokens, 0)) / _LOG_TOKENS, e.tier / 2, float(e.on_cpu),
         1.0 if e.priority > 0 else 0.0, _clip(e.progress), _clip(e.idle_s / CONTEXT_PAUSE_S),
         float(not e.on_cpu and e.tier < 2), float(not e.on_cpu and 0 < e.blocks <= room),
-    ], dtype=np.float32)
+    ]
+
+
+def entry_features(e: Entry, obs: Observation, room: float | None = None) -> np.ndarray:
+    room = cpu_room(obs) if room is None else room
+    return np.array(_entry_row(e, max(obs.memory_budget, 1), room), dtype=np.float32)
 
 
 def entry_matrix(obs: Observation) -> tuple[list[Entry], np.ndarray]:
     """The slot entries and their ``(len(entries), NUM_ENTRY)`` feature matrix."""
     entries = slots(obs)
-    room = cpu_room(obs)
-    mat = np.zeros((len(entries), NUM_ENTRY), dtype=np.float32)
-    for i, e in enumerate(entries):
-        mat[i] = entry_features(e, obs, room)
-    return entries, mat
+    budget, room = max(obs.memory_budget, 1), cpu_room(obs)
+    mat = np.array([_entry_row(e, budget, room) for e in entries], dtype=np.float32)
+    return entries, mat.reshape(len(entries), NUM_ENTRY)
 
 
 def encode(obs: Observation) -> np.ndarray:
