@@ -12,7 +12,7 @@ from operator import attrgetter
 from typing import NamedTuple
 
 from kv_cache_rl.engine import UNITS_PER_BLOCK, Sequence, State
-from kv_cache_rl.engine.block_pool import gather
+from kv_cache_rl.engine.sequence import count_units
 
 TIER_NAMES = ("fp16", "int8", "int4")
 KIND_ORDER = ("system", "context", "generation", "reasoning", "ephemeral")
@@ -62,29 +62,7 @@ _RUNNING, _SWAPPED = State.RUNNING, State.SWAPPED
 _num_tokens, _arrival_s = attrgetter("num_tokens"), attrgetter("arrival_s")
 
 
-def _own_units(seq: Sequence, units_of: list[int], block_size: int) -> int:
-    """Units this sequence would free if evicted: all its blocks except the system prefix,
-    which every request shares (the first ``system_toks // block_size`` blocks of a request;
-    retained holders never include it).
-
-    Memoised per sequence: while its block list only grows (same list, tier and state), the
-    blocks it already had keep their size (only compressing the sequence itself shrinks a
-    block it holds alone, and the system prefix is left out), so only new blocks are added.
-    """
-    blocks = seq.blocks
-    memo = seq._obs_memo
-    valid = memo is not None and memo[0] is blocks and memo[1] == seq.tier \
-        and memo[2] is seq.state
-    if valid and memo[3] == len(blocks):
-        return memo[4]  # the common case: nothing new since the last observation
-    cut = seq.req.system_toks // block_size \
-        if seq.kind == "generation" and seq.req is not None else 0
-    if valid:
-        units = memo[4] + sum(gather(units_of, blocks[max(memo[3], cut):]))
-    else:
-        units = sum(gather(units_of, blocks[cut:]))
-    seq._obs_memo = (blocks, seq.tier, seq.state, len(blocks), units)
-    return units
+_own_units = count_units  # what an entry's ``blocks`` column shows, in units
 
 
 def _ranked(seq: Sequence, now: float, units_of: list[int], block_size: int) -> tuple:

@@ -294,12 +294,14 @@ class Tracker:
             return orig_time(chunks, num_decodes, kv_sum)
 
         def hits(seq):
-            result = orig_hits(seq)  # (hits, units their touch costs, smallest hit's units)
+            result = orig_hits(seq)  # (hits, their touch's units, smallest's units, units past prefix)
             found = result[0]
             assert found == engine._lookup_hits(seq), "stale prefix hits"
             assert result[1] == engine.pool.hit_cost_units(found), "stale hit cost"
             assert result[2] == min((engine.pool.units[b] for b in found), default=4), \
                 "stale hit size"
+            cut = seq.system_blocks(bs)
+            assert result[3] == sum(engine.pool.units[b] for b in found[cut:]), "stale hit units"
             self._pending_hits[seq.seq_id] = (seq, len(found) * bs, seq.high_water)
             return result
 

@@ -934,14 +934,14 @@ def test_sequence_copy_copies_every_slot():
     seq = Sequence(7, req, "generation", 40, 9, 1.5)
     for i, name in enumerate(Sequence.__slots__):  # a distinct value in every slot
         setattr(seq, name, [i, name] if name in ("blocks", "cpu_keys") else (i, name))
-    seq._obs_memo = (seq.blocks, 0, State.RUNNING, 2, 8)
+    seq.size_memo = (seq.blocks, 0, State.RUNNING, 2, 8)
     copy = seq.copy()
     for name in Sequence.__slots__:
-        if name != "_obs_memo":
+        if name != "size_memo":
             assert getattr(copy, name) == getattr(seq, name), name
     assert copy.blocks is not seq.blocks and copy.cpu_keys is not seq.cpu_keys
-    assert copy._obs_memo == (copy.blocks, 0, State.RUNNING, 2, 8)
-    assert copy._obs_memo[0] is copy.blocks  # the memo follows the copy's own list
+    assert copy.size_memo == (copy.blocks, 0, State.RUNNING, 2, 8)
+    assert copy.size_memo[0] is copy.blocks  # the memo follows the copy's own list
 
 
 @pytest.mark.parametrize("hbt", [16, 512, 7])

@@ -18,7 +18,7 @@ import heapq
 
 from kv_cache_rl.engine.block_pool import UNITS_PER_BLOCK, gather
 from kv_cache_rl.engine.clone import clone_engine
-from kv_cache_rl.engine.sequence import Sequence, State
+from kv_cache_rl.engine.sequence import Sequence, State, count_units, remember_units
 
 
 class ActionError(ValueError):
@@ -103,10 +103,17 @@ class ActionsMixin:
                 f"sequence {seq_id} is already at the lowest precision "
                 f"({self.profile.tiers[last].name})")
         tier = seq.tier + 1
-        freed = self.pool.shrink_private(seq.blocks, UNITS_PER_BLOCK >> tier,
-                                         shared_too=seq.kind == "system")
+        units = UNITS_PER_BLOCK >> tier
+        bs = self.config.block_size
+        known = count_units(seq, self.pool.units, bs)
+        cut = seq.system_blocks(bs)  # counted apart: the size memo leaves the prefix out
+        shrink = self.pool.shrink_private
+        freed_prefix = shrink(seq.blocks[:cut], units) if cut else 0
+        freed = shrink(seq.blocks[cut:] if cut else seq.blocks, units,
+                       shared_too=seq.kind == "system")
         seq.tier = tier
-        return freed
+        remember_units(seq, known - freed)
+        return freed_prefix + freed
 
     def swap_to_cpu(self, seq_id: int) -> float:
         """Move a sequence's own blocks to host memory; return the transfer time in seconds."""
@@ -217,18 +224,24 @@ class ActionsMixin:
                 self._release(holder)
 
     def _finish(self, seq: Sequence) -> None:
+        retain = self.config.retention_s > 0 and seq.req is not None
+        known = count_units(seq, self.pool.units, self.config.block_size) if retain else 0
         seq.state = State.FINISHED
         seq.finish_s = self.now
         self.finished.append(seq)
         self.live.pop(seq.seq_id, None)
         blocks, seq.blocks = seq.blocks, []
-        if self.config.retention_s > 0 and seq.req is not None:
-            self._retain(seq, blocks)
+        if retain:
+            self._retain(seq, blocks, known)
         else:
             self.pool.free(reversed(blocks))
 
-    def _retain(self, seq: Sequence, blocks: list) -> None:
-        """Split a finished turn's blocks into pinned holders by what they are worth."""
+    def _retain(self, seq: Sequence, blocks: list, known: int) -> None:
+        """Split a finished turn's blocks into pinned holders by what they are worth.
+
+        ``known``: the units of ``blocks`` past the system prefix; the holders past it start
+        with their sizes known (a context is most of a long prompt, see ``count_units``).
+        """
         req = seq.req
         bs = self.config.block_size
         n_sys = min(req.system_toks // bs, len(blocks))
@@ -242,14 +255,17 @@ class ActionsMixin:
         rest = blocks[n_sys:]
         if req.ephemeral:
             if rest:  # nothing but the system prefix: no holder of its own
-                self._hold(seq, "ephemeral", rest)
+                remember_units(self._hold(seq, "ephemeral", rest), known)
         else:
             context, output = blocks[n_sys:n_prompt], blocks[max(n_sys, n_prompt):]
             if seq.session_id >= 0 and context:
                 old = self._session_context.get(seq.session_id)
                 if old is not None:
                     self._release(old)
-                self._session_context[seq.session_id] = self._hold(seq, "context", context)
+                holder = self._session_context[seq.session_id] = \
+                    self._hold(seq, "context", context)
+                # the turn's own blocks less its output
+                remember_units(holder, known - sum(gather(self.pool.units, output)))
             else:
                 free += context
             if req.reasoning_toks > 0 and output:

@@ -137,7 +137,7 @@ class Engine(SchedulerMixin, ActionsMixin):
             context = self._session_context.get(head.session_id)
             if context is not None and context.state == State.SWAPPED:
                 return 0  # admission would start bringing the context back
-        _, hit_cost, _, need, tier = self._admission(head, budget)
+        _, hit_cost, _, need, tier, _ = self._admission(head, budget)
         if need * (UNITS_PER_BLOCK >> tier) + hit_cost <= pool.allocatable_units:
             return 0
         return pool.free_units if hit_cost else pool.allocatable_units

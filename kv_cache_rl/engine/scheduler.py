@@ -10,7 +10,7 @@ from itertools import compress as select  # not the quantizing action
 from operator import not_
 
 from kv_cache_rl.engine.block_pool import UNITS_PER_BLOCK, gather
-from kv_cache_rl.engine.sequence import Sequence, State
+from kv_cache_rl.engine.sequence import Sequence, State, remember_units
 
 LOOKUP_CHUNK = 64  # prefix keys looked up at once at first (the chunk doubles while all hit)
 
@@ -117,7 +117,7 @@ class SchedulerMixin:
             if context is not None and context.state == State.SWAPPED:
                 if not self._swap_in(context):
                     break  # its context is coming back from host memory first
-            hits, hit_cost, n, need, tier = self._admission(seq, budget)
+            hits, hit_cost, n, need, tier, hit_units = self._admission(seq, budget)
             units = UNITS_PER_BLOCK >> tier
             if need * units + hit_cost > pool.allocatable_units:
                 break
@@ -134,6 +134,8 @@ class SchedulerMixin:
             seq.num_computed = computed
             seq.num_registered = min(len(hits), len(seq.shared_keys))
             seq.state = State.RUNNING
+            past = need - max(seq.system_blocks(bs) - len(hits), 0)  # new blocks past the prefix
+            remember_units(seq, hit_units + units * max(past, 0))
             waiting.popleft()
             running.append(seq)
             if inherited is not None:
@@ -146,25 +148,27 @@ class SchedulerMixin:
             budget -= n
         return budget
 
-    def _admission(self, seq: Sequence, budget: int) -> tuple[list[int], int, int, int, int]:
+    def _admission(self, seq: Sequence, budget: int) -> tuple[list[int], int, int, int, int, int]:
         """What admitting ``seq`` with ``budget`` tokens left takes: its prefix hits, the units
-        touching them takes, the tokens of its first chunk, the new blocks and their tier."""
+        touching them takes, the tokens of its first chunk, the new blocks and their tier, and
+        the hits' units past the system prefix (for the size memo)."""
         bs = self.config.block_size
-        hits, hit_cost, smallest = self._prefix_hits(seq)
+        hits, hit_cost, smallest, hit_units = self._prefix_hits(seq)
         computed = len(hits) * bs
         n = min(seq.num_tokens - computed, budget)
         need = (computed + n + bs - 1) // bs - len(hits)
         tier = seq.tier
         if smallest < UNITS_PER_BLOCK >> tier:  # a quantized shared prefix lowers the tier
             tier = 3 - smallest.bit_length()
-        return hits, hit_cost, n, need, tier
+        return hits, hit_cost, n, need, tier, hit_units
 
-    def _prefix_hits(self, seq: Sequence) -> tuple[list[int], int, int]:
+    def _prefix_hits(self, seq: Sequence) -> tuple[list[int], int, int, int]:
         """Longest run of cached full blocks at the start of ``seq`` (vLLM get_computed_blocks),
-        the units that touching them takes from the allocatable space, and the smallest hit
-        block's units (memoised while the pool's cache and block sizes are unchanged)."""
+        the units that touching them takes from the allocatable space, the smallest hit
+        block's units and the hits' units past the system prefix (memoised while the pool's
+        cache and block sizes are unchanged)."""
         if not self.config.enable_prefix_caching or not (seq.shared_keys or seq.num_preemptions):
-            return [], 0, UNITS_PER_BLOCK
+            return [], 0, UNITS_PER_BLOCK, 0
         memo = self._hits_memo
         pool = self.pool
         if memo is not None and memo[0] is seq and memo[1] == pool.version \
@@ -179,9 +183,9 @@ class SchedulerMixin:
                 unreferenced = list(map(not_, refs))
                 watch = frozenset(select(hits, unreferenced))
                 cost = sum(select(sizes, unreferenced))
-            found = hits, cost, min(sizes)
+            found = hits, cost, min(sizes), sum(sizes[seq.system_blocks(self.config.block_size):])
         else:
-            found = hits, 0, UNITS_PER_BLOCK
+            found = hits, 0, UNITS_PER_BLOCK, 0
         # While no hit leaves the cache or changes reference state or size (same version, no
         # watched block evicted), the hits can only grow, and only if the key after them is
         # published: remember that key. A blocked queue head is asked again every iteration.

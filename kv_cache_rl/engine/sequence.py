@@ -12,6 +12,7 @@ from __future__ import annotations
 from enum import IntEnum
 
 from kv_cache_rl.config import TraceRequest
+from kv_cache_rl.engine.block_pool import gather
 
 KINDS = ("system", "context", "generation", "reasoning", "ephemeral")
 
@@ -33,7 +34,7 @@ class Sequence:
         "first_token_s", "finish_s", "last_active_s", "expires_s", "swapped_from",
         "num_preemptions", "num_kv_tokens", "session_id", "priority",
         "high_water", "cpu_units", "cpu_keys", "evicted", "num_tokens",
-        "_obs_memo",
+        "size_memo",
     )
 
     def __init__(self, seq_id: int, req: TraceRequest | None, kind: str, prompt_len: int,
@@ -65,7 +66,7 @@ class Sequence:
         self.cpu_units = 0  # units of this sequence's KV held in host memory
         self.cpu_keys: list = []  # (block index, cache key) to republish on swap-in
         self.evicted = 0  # times an agent dropped this sequence's KV
-        self._obs_memo = None  # observation's cached size (see observation._own_units)
+        self.size_memo = None  # (blocks, tier, state, count, units): see count_units
 
     def copy(self) -> "Sequence":
         """An independent copy (for engine clones): its own block and host-key lists; the
@@ -99,10 +100,17 @@ class Sequence:
         new.cpu_keys = self.cpu_keys[:]
         new.evicted = self.evicted
         new.num_tokens = self.num_tokens
-        memo = self._obs_memo  # the observation's size memo follows its block list
-        new._obs_memo = (new.blocks, *memo[1:]) if memo is not None and memo[0] is self.blocks \
+        memo = self.size_memo  # the size memo follows its block list
+        new.size_memo = (new.blocks, *memo[1:]) if memo is not None and memo[0] is self.blocks \
             else None
         return new
+
+    def system_blocks(self, block_size: int) -> int:
+        """Leading blocks that hold the shared system prefix: a request's first
+        ``system_toks // block_size`` (retained holders never start with it)."""
+        if self.kind == "generation" and self.req is not None:
+            return self.req.system_toks // block_size
+        return 0
 
     @property
     def kv_tokens(self) -> int:
@@ -112,3 +120,35 @@ class Sequence:
         return (f"Sequence({self.seq_id}, {self.kind}, {self.state.name}, "
                 f"computed={self.num_computed}, out={self.num_output}/{self.max_output}, "
                 f"blocks={len(self.blocks)}, tier={self.tier})")
+
+
+def count_units(seq: Sequence, units_of: list[int], block_size: int) -> int:
+    """The units of ``seq``'s blocks past its system prefix (what evicting it frees, the
+    prefix being every request's), counting only what its size memo does not know.
+
+    The observation needs every cached sequence's size at every step, and counting thousands
+    of blocks each time would dominate it. The memo ``(blocks, tier, state, count, units)``
+    stays true while the block list is the same object and the tier and state are unchanged:
+    then the first ``count`` blocks keep their sizes (only compressing the sequence itself
+    shrinks blocks it holds alone, and the system prefix is not counted), so only blocks added
+    since need counting. The engine records the size where it knows it (admission, compressing,
+    splitting a finished turn into holders), so a long prompt is never counted block by block.
+    """
+    blocks = seq.blocks
+    memo = seq.size_memo
+    valid = memo is not None and memo[0] is blocks and memo[1] == seq.tier \
+        and memo[2] is seq.state
+    if valid and memo[3] == len(blocks):
+        return memo[4]  # the common case: nothing new since it was counted
+    cut = seq.system_blocks(block_size)
+    if valid:
+        units = memo[4] + sum(gather(units_of, blocks[max(memo[3], cut):]))
+    else:
+        units = sum(gather(units_of, blocks[cut:]))
+    remember_units(seq, units)
+    return units
+
+
+def remember_units(seq: Sequence, units: int) -> None:
+    """Record that ``seq``'s blocks past its system prefix hold ``units`` now."""
+    seq.size_memo = (seq.blocks, seq.tier, seq.state, len(seq.blocks), units)
