@@ -56,7 +56,7 @@ class Episode:
         self._start = (stats.generated_tokens, stats.quality_loss, stats.preemptions,
                        stats.evicted_active, stats.swap_latency_s)
         self._above = 0
-        self.observation = self._observe(len(self.engine.waiting))
+        self.observation = scenario.first_observation
 
     @classmethod
     def from_seed(cls, difficulty: str, seed: int, **kwargs) -> "Episode":

@@ -18,7 +18,7 @@ import numpy as np
 
 from kv_cache_rl.config import EngineConfig, Trace
 from kv_cache_rl.engine import UNITS_PER_BLOCK, Engine
-from kv_cache_rl.observation import remember_sizes
+from kv_cache_rl.observation import Observation, observe, remember_sizes
 
 DIFFICULTIES = ("easy", "medium", "hard")
 MODEL, GPU = "Llama-3.1-8B", "RTXPRO6000"  # the profile validated against a real vLLM run
@@ -87,6 +87,13 @@ class Scenario:
     def start(self) -> Engine:
         """A fresh engine at the start of step 1 (a copy of the cached warm-up)."""
         return self._warm.clone()
+
+    @functools.cached_property
+    def first_observation(self) -> Observation:
+        """What the agent sees at step 1: the same for every episode of this scenario."""
+        warm = self._warm
+        return observe(warm, step=0, steps_total=self.steps, above=0,
+                       last_pending=len(warm.waiting))
 
 
 def _engine_config(profile, num_gpu_blocks: int) -> EngineConfig:
