@@ -9,7 +9,7 @@ from __future__ import annotations
 from itertools import compress as select  # not the quantizing action
 from operator import not_
 
-from kv_cache_rl.engine.block_pool import UNITS_PER_BLOCK, gather
+from kv_cache_rl.engine.block_pool import NO_HIT, UNITS_PER_BLOCK, gather
 from kv_cache_rl.engine.sequence import Sequence, State, remember_units
 
 LOOKUP_CHUNK = 64  # prefix keys looked up at once at first (the chunk doubles while all hit)
@@ -165,36 +165,46 @@ class SchedulerMixin:
     def _prefix_hits(self, seq: Sequence) -> tuple[list[int], int, int, int]:
         """Longest run of cached full blocks at the start of ``seq`` (vLLM get_computed_blocks),
         the units that touching them takes from the allocatable space, the smallest hit
-        block's units and the hits' units past the system prefix (memoised while the pool's
-        cache and block sizes are unchanged)."""
+        block's units and the hits' units past the system prefix.
+
+        A blocked queue head is asked again every iteration, so the last answer is remembered
+        while the pool's version is unchanged (no hit left the cache or changed reference state
+        or size). Then the hits can only grow, and only if the key after them is published;
+        or end early, where LRU eviction took a remembered (unreferenced) hit.
+        """
         if not self.config.enable_prefix_caching or not (seq.shared_keys or seq.num_preemptions):
             return [], 0, UNITS_PER_BLOCK, 0
         memo = self._hits_memo
         pool = self.pool
         if memo is not None and memo[0] is seq and memo[1] == pool.version \
-                and not pool.watch_hit and memo[2] == seq.num_tokens \
-                and memo[3] not in pool.cached:
-            return memo[4]
+                and memo[2] == seq.num_tokens:
+            found, end = memo[4], pool.watch_hit
+            if end >= len(found[0]):  # no remembered hit was evicted
+                if memo[3] not in pool.cached:
+                    return found
+            elif _key_at(seq, end) not in pool.cached:  # the hits now end at the first evicted
+                return self._remember_hits(seq, found[0][:end], memo[5][:end], memo[6][:end])
         hits = self._lookup_hits(seq)
-        cost, watch = 0, frozenset()
+        return self._remember_hits(seq, hits, gather(pool.ref, hits), gather(pool.units, hits))
+
+    def _remember_hits(self, seq: Sequence, hits: list[int], refs: tuple, sizes: tuple):
+        pool = self.pool
+        cost, watch = 0, {}
         if hits:
-            refs, sizes = gather(pool.ref, hits), gather(pool.units, hits)
             if 0 in refs:  # some hits are cached but free: touching them takes their space
                 unreferenced = list(map(not_, refs))
-                watch = frozenset(select(hits, unreferenced))
+                at = list(select(range(len(hits)), unreferenced))
+                # watched blocks -> their first position in the hits (LRU may evict them)
+                watch = dict(zip(reversed(gather(hits, at)), reversed(at)))
                 cost = sum(select(sizes, unreferenced))
             found = hits, cost, min(sizes), sum(sizes[seq.system_blocks(self.config.block_size):])
         else:
             found = hits, 0, UNITS_PER_BLOCK, 0
-        # While no hit leaves the cache or changes reference state or size (same version, no
-        # watched block evicted), the hits can only grow, and only if the key after them is
-        # published: remember that key. A blocked queue head is asked again every iteration.
-        j, keys = len(hits), seq.shared_keys
-        limit = (seq.num_tokens - 1) // self.config.block_size
-        after = None if j >= limit else keys[j] if j < len(keys) else (seq.seq_id, j)
+        j = len(hits)
+        after = None if j >= (seq.num_tokens - 1) // self.config.block_size else _key_at(seq, j)
         pool.watch = watch
-        pool.watch_hit = False
-        self._hits_memo = (seq, pool.version, seq.num_tokens, after, found)
+        pool.watch_hit = NO_HIT
+        self._hits_memo = (seq, pool.version, seq.num_tokens, after, found, refs, sizes)
         return found
 
     def _lookup_hits(self, seq: Sequence) -> list[int]:
@@ -277,6 +287,13 @@ class SchedulerMixin:
         seq.state = State.WAITING
         self.waiting.appendleft(seq)
         self.stats.preemptions += 1
+
+
+def _key_at(seq: Sequence, j: int):
+    """The prefix-cache key of ``seq``'s block ``j``: its prompt's, or past the shareable
+    prompt, its own (what a recompute preemption published)."""
+    keys = seq.shared_keys
+    return keys[j] if j < len(keys) else (seq.seq_id, j)
 
 
 def _held_within(context: Sequence, hits: list[int]) -> int | None:
