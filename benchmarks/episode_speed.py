@@ -29,11 +29,24 @@ from kv_cache_rl.runner import play
 from kv_cache_rl.scenario import make_scenario
 
 
+def reference_loop() -> float:
+    """Seconds for a fixed pure-Python loop (a million additions): the machine's speed at
+    the time, to compare runs of this benchmark across machines and moments."""
+    start = time.perf_counter()
+    total = 0
+    for i in range(1_000_000):
+        total += i
+    return time.perf_counter() - start
+
+
 def time_policies(names: list[str], scenarios, repeats: int) -> dict[str, list[list[float]]]:
-    """Seconds per run, ``[policy][episode] -> runs``, in interleaved rounds."""
+    """Seconds per run, ``[policy][episode] -> runs``, in interleaved rounds (the reference
+    loop once per round and episode, under ``"reference"``)."""
     runs = {name: [[] for _ in scenarios] for name in names}
+    runs["reference"] = [[] for _ in scenarios]
     for round_ in range(repeats):
         for i, scenario in enumerate(scenarios):
+            runs["reference"][i].append(reference_loop())
             for name in names:
                 if name == "lookahead" and round_:
                     continue
@@ -78,9 +91,14 @@ def main() -> None:
         typical = statistics.fmean(r["mean_median_ms"] for r in heuristics)
         print(f"heuristics (all but lookahead), mean over policies: fastest {fastest:.1f} ms, "
               f"median {typical:.1f} ms")
+    reference = [t * 1000 for r in runs["reference"] for t in r]
+    ref = {"fastest_ms": min(reference), "median_ms": statistics.median(reference)}
+    print(f"reference loop (1e6 Python additions): fastest {ref['fastest_ms']:.0f} ms, "
+          f"median {ref['median_ms']:.0f} ms")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"repeats": args.repeats, "results": results}, f, indent=1)
+            json.dump({"repeats": args.repeats, "reference_loop": ref, "results": results}, f,
+                      indent=1)
 
 
 if __name__ == "__main__":

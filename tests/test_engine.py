@@ -708,6 +708,38 @@ def test_returning_turn_hits_its_retained_context():
     assert ctx is None  # expired by the end of the run
 
 
+@pytest.mark.parametrize("tail_units", [2, 4])
+def test_remembered_hits_cut_by_lru_eviction_match_a_fresh_lookup(tail_units):
+    """A blocked head's remembered hits, cut where LRU eviction took one, give the answer a
+    fresh lookup gives: hits, their touch cost, the smallest hit and the units past the
+    system prefix (the cut-off tail held the smallest blocks, or not)."""
+    eng = make([R(0.0, 10 * 16, 4, "head", hash_ids=tuple(range(100, 110)), system_toks=32)],
+               num_gpu_blocks=16)
+    eng._arrive()
+    (head,) = eng.waiting
+    pool = eng.pool
+    pool.allocate(8)  # held by others: the pool is full once the head's blocks are cached
+    blocks = pool.allocate(8)
+    pool.cache_many(blocks, head.shared_keys, 0, 8)
+    for b in blocks[6:]:
+        pool.resize(b, tail_units)  # a compressed tail
+    pool.free(reversed(blocks))  # cached and unreferenced: the tail is evicted first
+
+    def fresh():
+        hits = eng._lookup_hits(head)
+        sizes = [pool.units[b] for b in hits]
+        return hits, pool.hit_cost_units(hits), min(sizes, default=4), sum(sizes[2:])
+
+    assert eng._prefix_hits(head) == fresh() and len(fresh()[0]) == 8
+    pool.reserve(pool.free_units + 2 * tail_units)  # LRU takes the last two hits
+    assert len(fresh()[0]) == 6 and pool.watch_hit == 6
+    assert eng._prefix_hits(head) == fresh()
+    pool.reserve(pool.free_units + 4 * 4)  # and four more
+    assert eng._prefix_hits(head) == fresh() and len(fresh()[0]) == 2
+    pool.reserve(pool.free_units + 2 * 4)  # all of them
+    assert eng._prefix_hits(head) == fresh() == ([], 0, 4, 0)
+
+
 @pytest.mark.parametrize("seed", [3, 4])
 def test_context_handover_equals_touch_then_release(seed, monkeypatch):
     """A returning turn takes its context's references over instead of touching every block

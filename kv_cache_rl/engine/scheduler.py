@@ -183,9 +183,27 @@ class SchedulerMixin:
                 if memo[3] not in pool.cached:
                     return found
             elif _key_at(seq, end) not in pool.cached:  # the hits now end at the first evicted
-                return self._remember_hits(seq, found[0][:end], memo[5][:end], memo[6][:end])
+                return self._cut_hits(memo, end)
         hits = self._lookup_hits(seq)
         return self._remember_hits(seq, hits, gather(pool.ref, hits), gather(pool.units, hits))
+
+    def _cut_hits(self, memo: tuple, end: int):
+        """The remembered hits of ``memo`` up to ``end`` (LRU eviction took the one there),
+        updated by what was cut off: a blocked head loses a few hits per iteration."""
+        seq, _, _, _, (hits, cost, smallest, past), refs, sizes = memo
+        if end == 0:
+            return self._remember_hits(seq, [], (), ())
+        tail_refs, tail_sizes = refs[end:], sizes[end:]
+        cost -= sum(select(tail_sizes, map(not_, tail_refs)))
+        past -= sum(sizes[max(seq.system_blocks(self.config.block_size), end):])
+        if min(tail_sizes) <= smallest:  # the smallest may have been cut off
+            smallest = min(sizes[:end])
+        found = hits[:end], cost, smallest, past
+        # the watch map keeps the cut-off blocks too: evicting them changes nothing (>= end)
+        self.pool.watch_hit = NO_HIT
+        self._hits_memo = (seq, self.pool.version, seq.num_tokens, _key_at(seq, end), found,
+                           refs[:end], sizes[:end])
+        return found
 
     def _remember_hits(self, seq: Sequence, hits: list[int], refs: tuple, sizes: tuple):
         pool = self.pool
