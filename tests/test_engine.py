@@ -709,10 +709,11 @@ def test_returning_turn_hits_its_retained_context():
 
 
 @pytest.mark.parametrize("tail_units", [2, 4])
-def test_remembered_hits_cut_by_lru_eviction_match_a_fresh_lookup(tail_units):
-    """A blocked head's remembered hits, cut where LRU eviction took one, give the answer a
-    fresh lookup gives: hits, their touch cost, the smallest hit and the units past the
-    system prefix (the cut-off tail held the smallest blocks, or not)."""
+def test_remembered_hits_after_lru_eviction_match_a_fresh_lookup(tail_units):
+    """A blocked head's remembered prefix hits give the answer a fresh lookup gives (hits,
+    their touch cost, the smallest hit, the units past the system prefix) while LRU eviction
+    takes them from the tail, compressed or not: asked again, the head's unreferenced hits are
+    watched, and evicting one of them forces a new lookup."""
     eng = make([R(0.0, 10 * 16, 4, "head", hash_ids=tuple(range(100, 110)), system_toks=32)],
                num_gpu_blocks=16)
     eng._arrive()
@@ -731,11 +732,15 @@ def test_remembered_hits_cut_by_lru_eviction_match_a_fresh_lookup(tail_units):
         return hits, pool.hit_cost_units(hits), min(sizes, default=4), sum(sizes[2:])
 
     assert eng._prefix_hits(head) == fresh() and len(fresh()[0]) == 8
+    assert not pool.watch  # asked once: not watched yet
     pool.reserve(pool.free_units + 2 * tail_units)  # LRU takes the last two hits
-    assert len(fresh()[0]) == 6 and pool.watch_hit == 6
+    assert len(fresh()[0]) == 6 and eng._prefix_hits(head) == fresh()
+    assert pool.watch == set(blocks[:6])  # asked again: watched from now on
+    pool.reserve(pool.free_units)  # no eviction: still valid
+    assert not pool.watch_hit and eng._prefix_hits(head) == fresh()
+    pool.reserve(pool.free_units + 4 * 4)  # LRU takes four more
+    assert pool.watch_hit and len(fresh()[0]) == 2
     assert eng._prefix_hits(head) == fresh()
-    pool.reserve(pool.free_units + 4 * 4)  # and four more
-    assert eng._prefix_hits(head) == fresh() and len(fresh()[0]) == 2
     pool.reserve(pool.free_units + 2 * 4)  # all of them
     assert eng._prefix_hits(head) == fresh() == ([], 0, 4, 0)
 

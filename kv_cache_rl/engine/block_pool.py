@@ -23,7 +23,6 @@ from collections.abc import Hashable, Iterable
 from operator import itemgetter
 
 UNITS_PER_BLOCK = 4  # fp16 block = 4 units; tier t (fp16, int8, int4) costs 4 >> t units
-NO_HIT = 1 << 62  # BlockPool.watch_hit when no watched block was evicted
 
 
 def gather(values: list, ids: list[int]) -> tuple:
@@ -64,12 +63,11 @@ class BlockPool:
         # What a remembered prefix lookup needs to stay valid (see SchedulerMixin._prefix_hits).
         # ``version`` is bumped when a block is withdrawn from the cache (uncache), its
         # reference count goes 0 <-> 1 or its size changes. LRU eviction does not bump it (it
-        # happens on nearly every allocation under pressure): ``watch`` maps the unreferenced
-        # hits of that lookup to their positions, and ``watch_hit`` keeps the smallest position
-        # evicted since (NO_HIT: none), where the remembered hits now end.
+        # happens on nearly every allocation under pressure); it sets ``watch_hit`` instead
+        # when it evicts one of the ``watch`` blocks, the unreferenced hits of that lookup.
         self.version = 0
-        self.watch: dict[int, int] = {}  # replaced, never changed in place (copies share it)
-        self.watch_hit = NO_HIT
+        self.watch: frozenset[int] = frozenset()
+        self.watch_hit = False
 
     def copy(self) -> BlockPool:
         """An independent copy (block ids are the same in both)."""
@@ -116,9 +114,8 @@ class BlockPool:
                 self.evictable_units -= size[b]
                 self.free_units += size[b]
                 self.evicted_blocks += 1
-                at = watch.get(b)
-                if at is not None and at < self.watch_hit:
-                    self.watch_hit = at
+                if b in watch:
+                    self.watch_hit = True
         self.free_units -= units
         return True
 

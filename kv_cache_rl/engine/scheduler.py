@@ -9,7 +9,7 @@ from __future__ import annotations
 from itertools import compress as select  # not the quantizing action
 from operator import not_
 
-from kv_cache_rl.engine.block_pool import NO_HIT, UNITS_PER_BLOCK, gather
+from kv_cache_rl.engine.block_pool import UNITS_PER_BLOCK, gather
 from kv_cache_rl.engine.sequence import Sequence, State, remember_units
 
 LOOKUP_CHUNK = 64  # prefix keys looked up at once at first (the chunk doubles while all hit)
@@ -167,62 +167,48 @@ class SchedulerMixin:
         the units that touching them takes from the allocatable space, the smallest hit
         block's units and the hits' units past the system prefix.
 
-        A blocked queue head is asked again every iteration, so the last answer is remembered
-        while the pool's version is unchanged (no hit left the cache or changed reference state
-        or size). Then the hits can only grow, and only if the key after them is published;
-        or end early, where LRU eviction took a remembered (unreferenced) hit.
+        A blocked queue head is asked again every iteration, so the last answer is remembered.
+        While no hit leaves the cache or changes reference state or size (the pool's version is
+        unchanged and LRU eviction took none of them), the hits can only grow, and only if the
+        key after them is published. Most heads are admitted at once, so the LRU watch on the
+        unreferenced hits is only set up when the answer is asked for again, and only if
+        nothing was evicted meanwhile.
         """
         if not self.config.enable_prefix_caching or not (seq.shared_keys or seq.num_preemptions):
             return [], 0, UNITS_PER_BLOCK, 0
         memo = self._hits_memo
         pool = self.pool
         if memo is not None and memo[0] is seq and memo[1] == pool.version \
-                and memo[2] == seq.num_tokens:
-            found, end = memo[4], pool.watch_hit
-            if end >= len(found[0]):  # no remembered hit was evicted
-                if memo[3] not in pool.cached:
+                and memo[2] == seq.num_tokens and memo[3] not in pool.cached:
+            found, refs = memo[4], memo[5]
+            if refs is None:  # watched since the lookup
+                if not pool.watch_hit:
                     return found
-            elif _key_at(seq, end) not in pool.cached:  # the hits now end at the first evicted
-                return self._cut_hits(memo, end)
+            elif pool.evicted_blocks == memo[6]:  # asked again, nothing evicted: watch now
+                pool.watch = frozenset(select(found[0], map(not_, refs))) if 0 in refs \
+                    else frozenset()
+                pool.watch_hit = False
+                self._hits_memo = memo[:5] + (None, memo[6])
+                return found
         hits = self._lookup_hits(seq)
-        return self._remember_hits(seq, hits, gather(pool.ref, hits), gather(pool.units, hits))
-
-    def _cut_hits(self, memo: tuple, end: int):
-        """The remembered hits of ``memo`` up to ``end`` (LRU eviction took the one there),
-        updated by what was cut off: a blocked head loses a few hits per iteration."""
-        seq, _, _, _, (hits, cost, smallest, past), refs, sizes = memo
-        if end == 0:
-            return self._remember_hits(seq, [], (), ())
-        tail_refs, tail_sizes = refs[end:], sizes[end:]
-        cost -= sum(select(tail_sizes, map(not_, tail_refs)))
-        past -= sum(sizes[max(seq.system_blocks(self.config.block_size), end):])
-        if min(tail_sizes) <= smallest:  # the smallest may have been cut off
-            smallest = min(sizes[:end])
-        found = hits[:end], cost, smallest, past
-        # the watch map keeps the cut-off blocks too: evicting them changes nothing (>= end)
-        self.pool.watch_hit = NO_HIT
-        self._hits_memo = (seq, self.pool.version, seq.num_tokens, _key_at(seq, end), found,
-                           refs[:end], sizes[:end])
-        return found
-
-    def _remember_hits(self, seq: Sequence, hits: list[int], refs: tuple, sizes: tuple):
-        pool = self.pool
-        cost, watch = 0, {}
+        refs = gather(pool.ref, hits)
         if hits:
-            if 0 in refs:  # some hits are cached but free: touching them takes their space
-                unreferenced = list(map(not_, refs))
-                at = list(select(range(len(hits)), unreferenced))
-                # watched blocks -> their first position in the hits (LRU may evict them)
-                watch = dict(zip(reversed(gather(hits, at)), reversed(at)))
-                cost = sum(select(sizes, unreferenced))
+            sizes = gather(pool.units, hits)
+            cost = sum(select(sizes, map(not_, refs))) if 0 in refs else 0  # cached but free
             found = hits, cost, min(sizes), sum(sizes[seq.system_blocks(self.config.block_size):])
         else:
             found = hits, 0, UNITS_PER_BLOCK, 0
-        j = len(hits)
-        after = None if j >= (seq.num_tokens - 1) // self.config.block_size else _key_at(seq, j)
-        pool.watch = watch
-        pool.watch_hit = NO_HIT
-        self._hits_memo = (seq, pool.version, seq.num_tokens, after, found, refs, sizes)
+        j, keys = len(hits), seq.shared_keys
+        limit = (seq.num_tokens - 1) // self.config.block_size
+        after = None if j >= limit else keys[j] if j < len(keys) else (seq.seq_id, j)
+        if memo is not None and memo[0] is seq:  # asked again: a blocked head, watch at once
+            pool.watch = frozenset(select(hits, map(not_, refs))) if 0 in refs else frozenset()
+            pool.watch_hit = False
+            refs = None
+        else:
+            pool.watch = frozenset()
+        self._hits_memo = (seq, pool.version, seq.num_tokens, after, found, refs,
+                           pool.evicted_blocks)
         return found
 
     def _lookup_hits(self, seq: Sequence) -> list[int]:
@@ -305,13 +291,6 @@ class SchedulerMixin:
         seq.state = State.WAITING
         self.waiting.appendleft(seq)
         self.stats.preemptions += 1
-
-
-def _key_at(seq: Sequence, j: int):
-    """The prefix-cache key of ``seq``'s block ``j``: its prompt's, or past the shareable
-    prompt, its own (what a recompute preemption published)."""
-    keys = seq.shared_keys
-    return keys[j] if j < len(keys) else (seq.seq_id, j)
 
 
 def _held_within(context: Sequence, hits: list[int]) -> int | None:
