@@ -45,6 +45,7 @@ class Episode:
             raise ValueError("max_calls_per_step must be >= 1")
         self.scenario = scenario
         self.max_calls_per_step = max_calls_per_step
+        self.observation = scenario.first_observation  # before the copy: see there
         self.engine = scenario.start()
         self.step_index = 0
         self.calls_this_step = 0
@@ -56,7 +57,6 @@ class Episode:
         self._start = (stats.generated_tokens, stats.quality_loss, stats.preemptions,
                        stats.evicted_active, stats.swap_latency_s)
         self._above = 0
-        self.observation = scenario.first_observation
 
     @classmethod
     def from_seed(cls, difficulty: str, seed: int, **kwargs) -> "Episode":

@@ -62,14 +62,11 @@ _RUNNING, _SWAPPED = State.RUNNING, State.SWAPPED
 _num_tokens, _arrival_s = attrgetter("num_tokens"), attrgetter("arrival_s")
 
 
-_own_units = count_units  # what an entry's ``blocks`` column shows, in units
-
-
 def _ranked(seq: Sequence, now: float, units_of: list[int], block_size: int) -> tuple:
     """What ranking needs (own units, eviction value, sequence), without building an Entry
     (a hard scenario caches a hundred sequences; the text lists twelve)."""
     state = seq.state
-    own_units = 0 if state is _SWAPPED else _own_units(seq, units_of, block_size)
+    own_units = 0 if state is _SWAPPED else count_units(seq, units_of, block_size)
     kind = seq.kind
     value = _FIXED_VALUE[seq.priority > 0].get(kind)
     if value is None:  # a request's value depends on its progress, a context's on idle time
@@ -160,15 +157,6 @@ def _num(x: float) -> str:
     """The shortest text that parses back to exactly ``x`` (``1337``, ``905.75``, ``1.2``)."""
     text = repr(float(x))
     return text[:-2] if text.endswith(".0") else text
-
-
-def remember_sizes(engine) -> None:
-    """Fill every cached sequence's size memo (see :func:`_own_units`). A scenario does it
-    once on its warm start, so every episode copied from it starts with the sizes known."""
-    units_of, block_size = engine.pool.units, engine.config.block_size
-    for seq in engine.cached_sequences():
-        if seq.state is not _SWAPPED:
-            _own_units(seq, units_of, block_size)
 
 
 def observe(engine, *, step: int, steps_total: int, above: int, last_pending: int) -> Observation:

@@ -18,7 +18,7 @@ import numpy as np
 
 from kv_cache_rl.config import EngineConfig, Trace
 from kv_cache_rl.engine import UNITS_PER_BLOCK, Engine
-from kv_cache_rl.observation import Observation, observe, remember_sizes
+from kv_cache_rl.observation import Observation, observe
 
 DIFFICULTIES = ("easy", "medium", "hard")
 MODEL, GPU = "Llama-3.1-8B", "RTXPRO6000"  # the profile validated against a real vLLM run
@@ -81,7 +81,6 @@ class Scenario:
         engine = Engine(self.config, self.profile, self.trace)
         engine.run_until(self.warmup_s)
         engine.derive_prefix_keys()
-        remember_sizes(engine)
         return engine
 
     def start(self) -> Engine:
@@ -90,7 +89,8 @@ class Scenario:
 
     @functools.cached_property
     def first_observation(self) -> Observation:
-        """What the agent sees at step 1: the same for every episode of this scenario."""
+        """What the agent sees at step 1: the same for every episode of this scenario. (Taken
+        from the warm engine, it also fills the sequences' size memos that copies inherit.)"""
         warm = self._warm
         return observe(warm, step=0, steps_total=self.steps, above=0,
                        last_pending=len(warm.waiting))

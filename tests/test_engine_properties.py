@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from kv_cache_rl.config import EngineConfig
 from kv_cache_rl.engine import ActionError, Engine, State
-from kv_cache_rl.observation import _own_units as observed_units
+from kv_cache_rl.engine.sequence import count_units as observed_units
 
 SETTINGS = dict(deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
