@@ -48,11 +48,12 @@ class Cell:
 
 def run(difficulties=DIFFICULTIES, episodes: int = 5, seed: int = 0,
         policies=DEFAULT_POLICIES, *, steps: int = 15, memory_fraction=None,
-        progress=None) -> list[Cell]:
+        trace_path: str | None = None, progress=None) -> list[Cell]:
     """Play every policy on ``episodes`` scenarios of each difficulty.
 
     ``memory_fraction`` (a fraction, or a ``(lo, hi)`` range drawn per seed) replaces the
-    tiers' KV budgets, as a fraction of each window's peak demand.
+    tiers' KV budgets, as a fraction of each window's peak demand. ``trace_path`` cuts every
+    episode from a window of that raw trace instead of generating it (see ``make_scenario``).
     """
     for name in policies:
         if name not in POLICIES:
@@ -63,7 +64,7 @@ def run(difficulties=DIFFICULTIES, episodes: int = 5, seed: int = 0,
             cell = Cell(name, difficulty)
             for i in range(episodes):
                 scenario = make_scenario(
-                    difficulty, seed + i, steps=steps,
+                    difficulty, seed + i, steps=steps, trace_path=trace_path,
                     memory_fraction=memory_fraction_for(seed + i, memory_fraction))
                 start = time.perf_counter()
                 episode: Episode = play(scenario, make_policy(name))
@@ -85,7 +86,8 @@ def normalized(cells: list[Cell], cell: Cell) -> float | None:
     return (cell.mean("reward") - ref["keep"]) / (ref["lookahead"] - ref["keep"])
 
 
-def to_json(cells: list[Cell], *, seed: int, episodes: int, memory_fraction=None) -> dict:
+def to_json(cells: list[Cell], *, seed: int, episodes: int, memory_fraction=None,
+            trace_path: str | None = None) -> dict:
     results = []
     for c in cells:
         norm = normalized(cells, c)
@@ -104,6 +106,8 @@ def to_json(cells: list[Cell], *, seed: int, episodes: int, memory_fraction=None
     out = {"seed": seed, "episodes": episodes, "results": results, "timing": timing}
     if memory_fraction is not None:
         out["memory_fraction"] = memory_fraction
+    if trace_path is not None:
+        out["trace"] = str(trace_path)
     return out
 
 

@@ -93,7 +93,10 @@ def _cmd_bench(args) -> int:
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("episodes", total=total)
         cells = bench.run(difficulties, args.episodes, args.seed, policies, steps=args.steps,
-                          memory_fraction=fractions, progress=lambda: progress.advance(task))
+                          memory_fraction=fractions, trace_path=args.trace,
+                          progress=lambda: progress.advance(task))
+    if args.trace:
+        console.print(f"episodes cut from windows of {args.trace} (the trace's own arrivals)")
     if fractions is not None:
         console.print(f"KV budget: {fractions[0]:g}-{fractions[1]:g} x each window's peak "
                       "demand (replacing the tiers' own)")
@@ -101,7 +104,8 @@ def _cmd_bench(args) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(
             bench.to_json(cells, seed=args.seed, episodes=args.episodes,
-                          memory_fraction=None if fractions is None else list(fractions)),
+                          memory_fraction=None if fractions is None else list(fractions),
+                          trace_path=args.trace),
             indent=2) + "\n")
         console.print(f"wrote {args.json}")
     if args.plot:
@@ -164,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-fraction", metavar="F|LO:HI",
                    help="KV budget as a fraction of each window's peak demand, fixed or drawn "
                         "per seed from LO..HI, instead of the tiers' own")
+    p.add_argument("--trace", metavar="PATH",
+                   help="cut each episode from a window of this raw trace (JSONL, Azure CSV, "
+                        "Mooncake JSONL) instead of generating it from the workload profiles")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("serve", help="OpenAI-compatible chat server that plays a built-in policy "

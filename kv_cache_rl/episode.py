@@ -60,8 +60,8 @@ class Episode:
 
     @classmethod
     def from_seed(cls, difficulty: str, seed: int, **kwargs) -> "Episode":
-        scenario_kw = {k: kwargs.pop(k) for k in ("steps", "step_s", "warmup_s", "trace_path")
-                       if k in kwargs}
+        scenario_kw = {k: kwargs.pop(k) for k in ("steps", "step_s", "warmup_s", "trace_path",
+                                                  "memory_fraction") if k in kwargs}
         return cls(make_scenario(difficulty, seed, **scenario_kw), **kwargs)
 
     @property
@@ -188,16 +188,16 @@ class Episode:
     def state_dict(self) -> dict:
         """Everything needed to rebuild this episode exactly: the scenario and every call."""
         sc = self.scenario
-        return {"difficulty": sc.difficulty, "seed": sc.seed, "steps": sc.steps,
-                "step_s": sc.step_s, "warmup_s": sc.warmup_s,
+        return {"difficulty": sc.difficulty, "seed": sc.seed, **sc.options,
                 "max_calls_per_step": self.max_calls_per_step,
                 "calls": copy.deepcopy(self.calls), "step_index": self.step_index}
 
     @classmethod
     def from_state(cls, state: dict) -> "Episode":
         """Rebuild an episode by replaying its calls on its (cached, deterministic) scenario."""
-        episode = cls(make_scenario(state["difficulty"], state["seed"], steps=state["steps"],
-                                    step_s=state["step_s"], warmup_s=state["warmup_s"]),
+        options = {k: state[k] for k in ("steps", "step_s", "warmup_s", "trace_path",
+                                         "memory_fraction") if k in state}
+        episode = cls(make_scenario(state["difficulty"], state["seed"], **options),
                       max_calls_per_step=state["max_calls_per_step"])
         for k, calls in enumerate(state["calls"]):
             for name, arguments in calls:

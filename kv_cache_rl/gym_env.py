@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -83,8 +84,12 @@ class KVCacheEvictionEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ```python
     gymnasium.make("KVCacheEviction-v0", difficulty="hard", seeds=None, steps=15,
-                   max_calls_per_step=8, reward_mode="shaped", render_mode=None)
+                   max_calls_per_step=8, reward_mode="shaped", render_mode=None,
+                   trace_path=None)
     ```
+
+    ``trace_path`` cuts every episode from a window of that raw trace (JSONL, Azure CSV or
+    Mooncake JSONL) instead of generating it; the difficulty still sets the KV budget.
 
     ``reset(seed=s)`` seeds the env's generator, which draws the scenario seed: from ``seeds``
     (a sequence, e.g. ``range(1000, 2000)``; scenarios are cached, so a small pool resets fast)
@@ -97,7 +102,7 @@ class KVCacheEvictionEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def __init__(self, difficulty: str = "hard", seeds=None, steps: int = 15,
                  max_calls_per_step: int = MAX_CALLS_PER_STEP, reward_mode: str = "shaped",
-                 render_mode: str | None = None):
+                 render_mode: str | None = None, trace_path: str | None = None):
         if difficulty not in DIFFICULTIES:
             raise ValueError(f"unknown difficulty {difficulty!r}; choose from {DIFFICULTIES}")
         if reward_mode not in ("shaped", "terminal"):
@@ -105,6 +110,9 @@ class KVCacheEvictionEnv(gym.Env[np.ndarray, np.ndarray]):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}")
         self.difficulty, self.steps = difficulty, steps
+        if trace_path is not None and not Path(trace_path).is_file():
+            raise FileNotFoundError(f"trace_path {trace_path}: no such file")
+        self.trace_path = None if trace_path is None else str(trace_path)
         self.seeds = None if seeds is None else [int(s) for s in seeds]
         self.max_calls_per_step = max_calls_per_step
         self.reward_mode, self.render_mode = reward_mode, render_mode
@@ -124,7 +132,8 @@ class KVCacheEvictionEnv(gym.Env[np.ndarray, np.ndarray]):
             scenario_seed = self.seeds[int(self.np_random.integers(len(self.seeds)))]
         else:
             scenario_seed = int(self.np_random.integers(SEED_LIMIT))
-        scenario = make_scenario(self.difficulty, scenario_seed, steps=self.steps)
+        scenario = make_scenario(self.difficulty, scenario_seed, steps=self.steps,
+                                 trace_path=self.trace_path)
         self.episode = Episode(scenario, max_calls_per_step=self.max_calls_per_step)
         self._last_score = 0.0
         return self._obs(), self._info(ignored=0)

@@ -65,6 +65,20 @@ class Scenario:
     config: EngineConfig = field(repr=False, compare=False, default=None)
     reference_tokens: float = 0.0  # tokens the window yields with unlimited KV memory
     peak_blocks: int = 0  # the window's peak KV demand with unlimited memory
+    # make_scenario's optional arguments, kept so that an episode can be rebuilt from its state
+    trace_path: str | None = None  # a raw trace the window was cut from (else generated)
+    memory_override: float | None = None  # memory_fraction given instead of the tier's draw
+
+    @property
+    def options(self) -> dict:
+        """The arguments beyond ``(difficulty, seed)`` that rebuild this scenario with
+        :func:`make_scenario` (the ones left at their defaults are left out)."""
+        out = {"steps": self.steps, "step_s": self.step_s, "warmup_s": self.warmup_s}
+        if self.trace_path is not None:
+            out["trace_path"] = self.trace_path
+        if self.memory_override is not None:
+            out["memory_fraction"] = self.memory_override
+        return out
 
     @property
     def end_s(self) -> float:
@@ -96,6 +110,14 @@ class Scenario:
                        last_pending=len(warm.waiting))
 
 
+@functools.lru_cache(maxsize=4)
+def _raw_trace(path: str) -> Trace:
+    """A raw trace file, read once per process (every seed of a bench run cuts its window)."""
+    from kv_cache_rl.traces import load_trace
+
+    return load_trace(path)
+
+
 def _engine_config(profile, num_gpu_blocks: int) -> EngineConfig:
     swap_blocks = SWAP_SPACE_BYTES // (profile.model.kv_bytes_per_token * 16)
     return EngineConfig(num_gpu_blocks=num_gpu_blocks, num_cpu_blocks=swap_blocks,
@@ -120,15 +142,25 @@ def _reference(profile, trace: Trace, warmup_s: float, end_s: float, step_s: flo
     return math.ceil(peak / UNITS_PER_BLOCK), float(tokens)
 
 
-@functools.lru_cache(maxsize=256)
 def make_scenario(difficulty: str, seed: int, *, steps: int = 15, step_s: float = 1.0,
                   warmup_s: float = 20.0, trace_path: str | None = None,
                   memory_fraction: float | None = None) -> Scenario:
-    """The scenario of ``(difficulty, seed)``: deterministic, cached.
+    """The scenario of ``(difficulty, seed)``: deterministic, cached (one object per set of
+    arguments, however they are spelt: ``make_scenario.cache_clear()`` empties the cache).
 
+    ``trace_path`` (JSONL, Azure CSV or Mooncake JSONL, see :func:`kv_cache_rl.traces.load_trace`)
+    cuts the window from that real trace, at a start drawn from the seed, at the trace's own
+    rate, instead of generating it from a workload profile; the tier still sets the KV budget.
     ``memory_fraction`` replaces the tier's draw of the KV budget (as a fraction of the
     window's peak demand) and changes nothing else: same workload, rate and trace.
     """
+    return _build_scenario(difficulty, seed, steps, step_s, warmup_s,
+                           None if trace_path is None else str(trace_path), memory_fraction)
+
+
+@functools.lru_cache(maxsize=256)
+def _build_scenario(difficulty: str, seed: int, steps: int, step_s: float, warmup_s: float,
+                    trace_path: str | None, memory_fraction: float | None) -> Scenario:
     if difficulty not in TIERS:
         raise ValueError(f"unknown difficulty {difficulty!r}; choose from {', '.join(TIERS)}")
     if steps < 1 or step_s <= 0 or warmup_s < 0:
@@ -151,13 +183,16 @@ def make_scenario(difficulty: str, seed: int, *, steps: int = 15, step_s: float 
         scale = rate / load_workload(workload)["mean_rate_rps"]
         trace = generate(workload, duration_s=horizon, rate_scale=scale, rng=rng, agentic=True)
     else:
-        from kv_cache_rl.traces import load_trace, window
+        from kv_cache_rl.traces import window
 
-        full = load_trace(trace_path)
-        workload, rate = trace_path, 0.0
+        full = _raw_trace(trace_path)
         latest = max(full.duration_s - horizon, 0.0)
         start = float(rng.uniform(0.0, latest)) if latest > 0 else 0.0
         trace = window(full, start, start + horizon)
+        if not trace.requests:
+            raise ValueError(f"{trace_path}: no request arrives in the window "
+                             f"[{start:.1f}, {start + horizon:.1f}) s drawn for seed {seed}")
+        workload, rate = str(trace_path), len(trace.requests) / horizon  # the window's own
     fraction = float(rng.uniform(*tier.memory))  # drawn either way: the stream stays the same
     if memory_fraction is not None:
         fraction = float(memory_fraction)
@@ -166,7 +201,11 @@ def make_scenario(difficulty: str, seed: int, *, steps: int = 15, step_s: float 
     blocks = max(64, math.ceil(fraction * peak))
     return replace(base, workload=workload, requests_per_s=rate, memory_fraction=fraction,
                    trace=trace, config=_engine_config(profile, blocks),
-                   reference_tokens=reference, peak_blocks=peak)
+                   reference_tokens=reference, peak_blocks=peak,
+                   trace_path=trace_path, memory_override=None if memory_fraction is None else float(memory_fraction))
+
+
+make_scenario.cache_clear = _build_scenario.cache_clear
 
 
 def memory_fraction_for(seed: int, fractions) -> float | None:

@@ -99,6 +99,20 @@ def test_observation_fits_600_tokens():
     assert 50 < worst <= 600
 
 
+def test_o200k_offline_is_tiktokens_encoding():
+    """The count uses tiktoken's o200k_base built from bpe-openai's bundled BPE file; it must
+    tokenize exactly as bpe-openai's own (Rust) o200k_base does."""
+    bpe_openai = pytest.importorskip("bpe_openai")
+    from kv_cache_rl.tokens import encoding
+
+    name, enc = encoding()
+    assert name == "o200k_base"
+    reference = bpe_openai.get_encoding("o200k_base")
+    episode = play(make_scenario("hard", 2), make_policy("compress_first"))
+    for text in (episode.text(), "evict(seq_id=43) 0.8745 ünïcode 上下文 \n\t  x"):
+        assert enc.encode(text) == list(reference.encode(text))
+
+
 @pytest.mark.parametrize("name,args,message", [
     ("evict", {}, "needs seq_id"),
     ("evict", {"seq_id": "x"}, "must be an integer"),

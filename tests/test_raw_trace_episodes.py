@@ -1,0 +1,128 @@
+"""Episodes cut from a raw trace file (``make_scenario(..., trace_path=)``, ``bench --trace``,
+the Gymnasium env's ``trace_path``): a real window of the file, the tier's KV budget, and the
+same determinism and state round trip as generated episodes."""
+
+import json
+
+import numpy as np
+import pytest
+
+from kv_cache_rl.cli import main
+from kv_cache_rl.episode import Episode
+from kv_cache_rl.policies import make_policy
+from kv_cache_rl.runner import play
+from kv_cache_rl.scenario import RETENTION_S, TIERS, make_scenario
+from kv_cache_rl.traces import TraceFormatError
+
+
+def _rows(n: int = 900, duration_s: float = 300.0) -> list[dict]:
+    """A Mooncake-like load: long prompts sharing one of four document prefixes (hash ids of
+    16 tokens), about 3 req/s, enough to fill a hard tier's KV budget."""
+    rng = np.random.default_rng(7)
+    times = np.sort(rng.uniform(0.0, duration_s, n))
+    rows = []
+    for i, t in enumerate(times):
+        doc = int(rng.integers(4))
+        shared = 200 + 50 * doc
+        own = int(rng.integers(20, 120))
+        rows.append({"arrival_s": round(float(t), 4), "input_toks": 16 * (shared + own),
+                     "output_toks": int(rng.integers(16, 200)),
+                     "hash_ids": [1000 * doc + k for k in range(shared)]
+                                 + [10**6 + 1000 * i + k for k in range(own)]})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def raw_trace(tmp_path_factory):
+    path = tmp_path_factory.mktemp("raw") / "docs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+    return path
+
+
+def test_window_is_a_real_cut_of_the_file_with_the_tiers_budget(raw_trace):
+    rows = _rows()
+    scenario = make_scenario("hard", 3, trace_path=str(raw_trace))
+    requests = scenario.trace.requests
+    assert requests and scenario.workload == str(raw_trace)
+    # the same requests as a contiguous run of the file, shifted by one start time
+    first = next(i for i, r in enumerate(rows) if r["input_toks"] == requests[0].input_toks
+                 and tuple(r["hash_ids"]) == requests[0].hash_ids)
+    start = rows[first]["arrival_s"] - requests[0].arrival_s
+    for req, row in zip(requests, rows[first:]):
+        assert (req.input_toks, req.output_toks, req.hash_ids) == \
+            (row["input_toks"], row["output_toks"], tuple(row["hash_ids"]))
+        assert req.arrival_s == pytest.approx(row["arrival_s"] - start, abs=1e-6)
+    horizon = scenario.end_s + RETENTION_S
+    assert requests[-1].arrival_s < horizon
+    assert scenario.requests_per_s == pytest.approx(len(requests) / horizon)
+    lo, hi = TIERS["hard"].memory
+    assert lo <= scenario.memory_fraction <= hi
+    assert scenario.config.num_gpu_blocks < scenario.peak_blocks
+    assert make_scenario("hard", 4, trace_path=str(raw_trace)).trace != scenario.trace
+
+
+def test_raw_trace_episode_is_deterministic_and_round_trips(raw_trace):
+    scenario = make_scenario("hard", 3, trace_path=str(raw_trace))
+    make_scenario.cache_clear()
+    again = make_scenario("hard", 3, trace_path=str(raw_trace))
+    assert again == scenario and again.trace == scenario.trace
+    keep = play(again, make_policy("keep"))
+    best = play(again, make_policy("compress_first"))
+    assert keep.score()["total_failures_metric"] > 0, "the hard budget puts the window under pressure"
+    assert best.score()["reward"] > keep.score()["reward"]
+    state = json.loads(json.dumps(best.state_dict()))
+    assert state["trace_path"] == str(raw_trace) and "memory_fraction" not in state
+    rebuilt = Episode.from_state(state)
+    assert rebuilt.text() == best.text() and rebuilt.score() == best.score()
+
+
+def test_memory_override_round_trips_through_state():
+    episode = play(make_scenario("hard", 2, memory_fraction=0.4), make_policy("lru"))
+    state = json.loads(json.dumps(episode.state_dict()))
+    assert state["memory_fraction"] == 0.4 and "trace_path" not in state
+    rebuilt = Episode.from_state(state)
+    assert rebuilt.scenario == episode.scenario and rebuilt.scenario.memory_fraction == 0.4
+    assert rebuilt.text() == episode.text() and rebuilt.score() == episode.score()
+
+
+def test_bad_or_empty_raw_traces_fail_clearly(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"arrival_s": 0, "input_toks": 10, "output_toks": 5}\n{"arrival_s": 1}\n')
+    with pytest.raises(TraceFormatError, match=r"bad\.jsonl:2"):
+        make_scenario("easy", 0, trace_path=str(bad))
+    sparse = tmp_path / "sparse.jsonl"  # 2 requests 500 s apart: most windows are empty
+    sparse.write_text('{"arrival_s": 0, "input_toks": 10, "output_toks": 5}\n'
+                      '{"arrival_s": 500, "input_toks": 10, "output_toks": 5}\n')
+    with pytest.raises(ValueError, match="no request arrives in the window"):
+        for seed in range(20):
+            make_scenario("easy", seed, trace_path=str(sparse))
+    with pytest.raises(FileNotFoundError):
+        make_scenario("easy", 0, trace_path=str(tmp_path / "missing.jsonl"))
+
+
+def test_bench_cli_with_a_trace(raw_trace, tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert main(["bench", "--difficulty", "hard", "--episodes", "2", "--seed", "3",
+                 "--policies", "keep,compress_first", "--trace", str(raw_trace),
+                 "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["trace"] == str(raw_trace)
+    rewards = {r["policy"]: r["rewards"] for r in result["results"]}
+    for name in ("keep", "compress_first"):
+        expected = [play(make_scenario("hard", s, trace_path=str(raw_trace)),
+                         make_policy(name)).score()["reward"] for s in (3, 4)]
+        assert rewards[name] == [round(x, 6) for x in expected]
+    assert "episodes cut from windows of" in capsys.readouterr().out
+    assert main(["bench", "--episodes", "1", "--trace", str(tmp_path / "nope.jsonl")]) == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_gym_env_plays_raw_trace_windows(raw_trace):
+    pytest.importorskip("gymnasium")
+    from kv_cache_rl.gym_env import KVCacheEvictionEnv
+
+    env = KVCacheEvictionEnv(difficulty="hard", seeds=[3], trace_path=str(raw_trace))
+    env.reset(seed=0)
+    assert env.episode.scenario is make_scenario("hard", 3, trace_path=str(raw_trace))
+    with pytest.raises(FileNotFoundError):
+        KVCacheEvictionEnv(trace_path=str(raw_trace) + ".missing")
