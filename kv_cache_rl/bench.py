@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from kv_cache_rl.episode import Episode
 from kv_cache_rl.policies import POLICIES, make_policy
-from kv_cache_rl.rubric import RUBRIC
+from kv_cache_rl.rubric import REWARD_RANGE, RUBRIC
 from kv_cache_rl.runner import play
 from kv_cache_rl.scenario import DIFFICULTIES, make_scenario, memory_fraction_for
 
@@ -66,6 +66,7 @@ def run(difficulties=DIFFICULTIES, episodes: int = 5, seed: int = 0,
                 scenario = make_scenario(
                     difficulty, seed + i, steps=steps, trace_path=trace_path,
                     memory_fraction=memory_fraction_for(seed + i, memory_fraction))
+                scenario.first_observation  # the warm-up is the scenario's, not the policy's
                 start = time.perf_counter()
                 episode: Episode = play(scenario, make_policy(name))
                 cell.seconds.append(time.perf_counter() - start)
@@ -160,20 +161,28 @@ def plot(cells: list[Cell], out_dir) -> list:
     ax.set_xticklabels(policies, rotation=30, ha="right")
     ax.set_ylabel("episode reward (mean, 95% CI)")
     ax.axhline(0, color="black", linewidth=0.5)
-    ax.legend()
+    ax.axhline(REWARD_RANGE[1], color="grey", linestyle=":", linewidth=0.8,
+               label=f"rubric maximum {REWARD_RANGE[1]:+.3f}")
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(difficulties) + 1,
+              frameon=False)
     fig.tight_layout()
     paths = [out / "leaderboard.png"]
     fig.savefig(paths[0], dpi=120)
     plt.close(fig)
+    # one colour per policy (tab20's dark shades, then its light ones): the default cycle has
+    # 10 colours and a full run has 12 policies
+    palette = plt.get_cmap("tab20").colors
+    colours = {p: palette[(2 * i) % 20 + (2 * i) // 20] for i, p in enumerate(policies)}
     for d in difficulties:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for c in (c for c in cells if c.difficulty == d):
-            ax.plot(range(1, len(c.usage_trace) + 1), c.usage_trace, marker=".", label=c.policy)
+        fig, ax = plt.subplots(figsize=(8.5, 4))
+        for i, c in enumerate(c for c in cells if c.difficulty == d):
+            ax.plot(range(1, len(c.usage_trace) + 1), c.usage_trace, color=colours[c.policy],
+                    marker="o.s^vD"[i % 6], markersize=3, linewidth=1.2, label=c.policy)
         ax.axhline(0.95, color="red", linestyle="--", linewidth=0.8)
         ax.set_xlabel("step")
         ax.set_ylabel("KV memory usage at step end")
-        ax.set_title(f"{d}: memory usage over episode 0")
-        ax.legend(fontsize=7, ncol=2)
+        ax.set_title(f"{d}: memory usage over episode 0 (dashed: 0.95)")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         fig.tight_layout()
         paths.append(out / f"memory_{d}.png")
         fig.savefig(paths[-1], dpi=120)

@@ -90,3 +90,34 @@ def test_module_entry_point(trace):
     done = subprocess.run([sys.executable, "-m", "kv_cache_rl", "replay", str(trace)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "num_requests" in done.stdout
+
+
+def test_bench_plot_writes_one_png_per_difficulty(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "plots"
+    assert main(["bench", "--difficulty", "hard", "--episodes", "1", "--policies",
+                 "keep,lru,compress_first", "--plot", str(out)]) == 0
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["leaderboard.png", "memory_hard.png"]
+    for name in written:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"wrote {out / 'memory_hard.png'}" in capsys.readouterr().out
+
+
+def test_bench_times_the_policy_not_the_warm_up(monkeypatch):
+    """``ms/ep`` is the policy's episode: the scenario's 20 s warm-up is served before the
+    clock starts, so the first policy played on a scenario is not charged for it."""
+    from kv_cache_rl import bench
+    from kv_cache_rl.scenario import make_scenario
+
+    make_scenario.cache_clear()
+    played = []
+
+    def play(scenario, policy):
+        played.append("_warm" in scenario.__dict__)  # the cached warm engine already built
+        return real_play(scenario, policy)
+
+    real_play = bench.play
+    monkeypatch.setattr(bench, "play", play)
+    bench.run(("hard",), 2, 7, ("keep", "lru"))
+    assert played == [True] * 4
