@@ -29,6 +29,7 @@ import numpy as np
 
 from .arrivals import fit_arrival_model, interarrival_stats
 from .config import Trace
+from .sessions import find_parents, system_prefix_blocks
 from .traces import load_trace
 
 ROOT = Path(__file__).resolve().parent
@@ -71,10 +72,7 @@ def timestamp_bucket_s(t: np.ndarray) -> float | None:
 def prefix_reuse(trace: Trace) -> dict:
     """Reuse with an infinite cache, and the universally shared leading blocks."""
     block, reqs = trace.hash_block_tokens, trace.requests
-    sys_blocks = 0
-    while all(len(r.hash_ids) > sys_blocks for r in reqs) and \
-            len({r.hash_ids[sys_blocks] for r in reqs}) == 1:
-        sys_blocks += 1
+    sys_blocks = system_prefix_blocks(trace)
     seen: set[int] = set()
     hit_toks = beyond_sys = 0
     pos: dict[int, tuple] = {}
@@ -106,28 +104,9 @@ def prefix_reuse(trace: Trace) -> dict:
             "distinct_hash_ids": len(seen)}
 
 
-def find_parents(trace: Trace, sys_blocks: int) -> np.ndarray:
-    """Index of the request each request continues (-1: opens a session)."""
-    block, reqs = trace.hash_block_tokens, trace.requests
-    by_last: dict[int, int] = {}  # last full-block id of a request's prompt -> latest request
-    parent = np.full(len(reqs), -1)
-    for i, r in enumerate(reqs):
-        h = r.hash_ids
-        for k in range(len(h), sys_blocks, -1):
-            j = by_last.get(h[k - 1])
-            # ids are prefix-consistent (checked in prefix_reuse); compare anyway, it is one slice
-            if j is not None and reqs[j].hash_ids[:k] == h[:k]:
-                parent[i] = j
-                break
-        full = r.input_toks // block
-        if full > sys_blocks:
-            by_last[h[full - 1]] = i
-    return parent
-
-
 def session_stats(trace: Trace, sys_blocks: int) -> dict:
     reqs = trace.requests
-    parent = find_parents(trace, sys_blocks)
+    parent = np.asarray(find_parents(trace, sys_blocks))
     root = np.arange(len(reqs))
     for i, p in enumerate(parent):
         if p >= 0:

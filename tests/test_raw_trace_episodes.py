@@ -11,25 +11,32 @@ from kv_cache_rl.cli import main
 from kv_cache_rl.episode import Episode
 from kv_cache_rl.policies import make_policy
 from kv_cache_rl.runner import play
+from kv_cache_rl.config import Trace, TraceRequest
 from kv_cache_rl.scenario import RETENTION_S, TIERS, make_scenario
+from kv_cache_rl.sessions import infer_sessions
 from kv_cache_rl.traces import TraceFormatError
 
 
-def _rows(n: int = 900, duration_s: float = 300.0) -> list[dict]:
-    """A Mooncake-like load: long prompts sharing one of four document prefixes (hash ids of
-    16 tokens), about 3 req/s, enough to fill a hard tier's KV budget."""
+SYSTEM_IDS = [0, 1]  # every prompt opens with the same 2 blocks (a system prompt)
+
+
+def _rows(sessions: int = 260, duration_s: float = 300.0) -> list[dict]:
+    """A Mooncake-like chat load in the JSONL format (one hash id per 16 tokens): sessions of
+    1-4 turns, each turn's prompt the previous prompt, its answer and a new message, so the
+    hash ids of a turn start with all of the previous turn's. About 2.5 req/s of 1.5-6k-token
+    prompts: enough to fill a hard tier's KV budget."""
     rng = np.random.default_rng(7)
-    times = np.sort(rng.uniform(0.0, duration_s, n))
-    rows = []
-    for i, t in enumerate(times):
-        doc = int(rng.integers(4))
-        shared = 200 + 50 * doc
-        own = int(rng.integers(20, 120))
-        rows.append({"arrival_s": round(float(t), 4), "input_toks": 16 * (shared + own),
-                     "output_toks": int(rng.integers(16, 200)),
-                     "hash_ids": [1000 * doc + k for k in range(shared)]
-                                 + [10**6 + 1000 * i + k for k in range(own)]})
-    return rows
+    rows, next_id = [], 10
+    for start in np.sort(rng.uniform(0.0, duration_s, sessions)):
+        ids, t = list(SYSTEM_IDS), float(start)
+        for _ in range(int(rng.integers(1, 5))):
+            new = int(rng.integers(80, 250))  # blocks: the new message (and the last answer)
+            ids += range(next_id, next_id + new)
+            next_id += new
+            rows.append({"arrival_s": round(t, 4), "input_toks": 16 * len(ids),
+                         "output_toks": int(rng.integers(16, 200)), "hash_ids": list(ids)})
+            t += float(rng.uniform(5.0, 40.0))
+    return sorted(rows, key=lambda r: r["arrival_s"])
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +68,36 @@ def test_window_is_a_real_cut_of_the_file_with_the_tiers_budget(raw_trace):
     assert make_scenario("hard", 4, trace_path=str(raw_trace)).trace != scenario.trace
 
 
+def test_infer_sessions_links_turns_by_their_prefix_ids():
+    def req(t, ids, **kw):
+        return TraceRequest(t, 16 * len(ids), 8, hash_ids=tuple(ids), **kw)
+
+    trace = Trace((req(0, [1, 2, 3]), req(1, [1, 7]), req(2, [1, 2, 3, 4, 5]),
+                   req(3, [1, 2, 3, 4, 5, 6]), req(4, [1, 7, 8]), req(5, [1, 9])), 16)
+    annotated = infer_sessions(trace)
+    # turns continue the latest request whose every full block they start with; sharing
+    # only the system block (id 1, in every prompt) opens a session
+    assert [r.session_id for r in annotated.requests] == [0, 1, 0, 0, 1, 5]
+    assert [r.system_toks for r in annotated.requests] == [16] * 6
+    assert annotated.meta["sessions"] == 3 and annotated.meta["system_prefix_blocks"] == 1
+    assert [r.arrival_s for r in annotated.requests] == [r.arrival_s for r in trace.requests]
+    plain = Trace((TraceRequest(0, 100, 8), TraceRequest(1, 50, 8)), 16)  # Azure: no ids
+    assert infer_sessions(plain) is plain
+    assert infer_sessions(annotated) is annotated  # sessions already set: left as they are
+
+
+def test_raw_trace_windows_hold_sessions_the_agent_can_manage(raw_trace):
+    scenario = make_scenario("hard", 3, trace_path=str(raw_trace))
+    requests = scenario.trace.requests
+    assert len({r.session_id for r in requests}) < len(requests), "multi-turn sessions"
+    assert all(r.system_toks == 16 * len(SYSTEM_IDS) for r in requests)
+    overview = scenario.first_observation.overview
+    assert overview.get("system", (0,))[0] == 1 and overview.get("context", (0,))[0] > 0
+    keep, lru = (play(scenario, make_policy(n)) for n in ("keep", "lru"))
+    assert any(a.startswith("evict") for step in lru.history for a in step)
+    assert lru.score() != keep.score()
+
+
 def test_raw_trace_episode_is_deterministic_and_round_trips(raw_trace):
     scenario = make_scenario("hard", 3, trace_path=str(raw_trace))
     make_scenario.cache_clear()
@@ -85,17 +122,17 @@ def test_memory_override_round_trips_through_state():
     assert rebuilt.text() == episode.text() and rebuilt.score() == episode.score()
 
 
-def test_bad_or_empty_raw_traces_fail_clearly(tmp_path):
+def test_bad_raw_traces_fail_clearly_and_sparse_ones_still_play(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"arrival_s": 0, "input_toks": 10, "output_toks": 5}\n{"arrival_s": 1}\n')
     with pytest.raises(TraceFormatError, match=r"bad\.jsonl:2"):
         make_scenario("easy", 0, trace_path=str(bad))
-    sparse = tmp_path / "sparse.jsonl"  # 2 requests 500 s apart: most windows are empty
-    sparse.write_text('{"arrival_s": 0, "input_toks": 10, "output_toks": 5}\n'
-                      '{"arrival_s": 500, "input_toks": 10, "output_toks": 5}\n')
-    with pytest.raises(ValueError, match="no request arrives in the window"):
-        for seed in range(20):
-            make_scenario("easy", seed, trace_path=str(sparse))
+    sparse = tmp_path / "sparse.jsonl"  # 3 requests minutes apart: most start times are gaps
+    sparse.write_text("".join(json.dumps({"arrival_s": t, "input_toks": 10, "output_toks": 5})
+                              + "\n" for t in (0, 200, 500)))
+    for seed in range(6):  # a window opens at a request: never empty
+        requests = make_scenario("easy", seed, trace_path=str(sparse)).trace.requests
+        assert requests and requests[0].arrival_s == 0.0
     with pytest.raises(FileNotFoundError):
         make_scenario("easy", 0, trace_path=str(tmp_path / "missing.jsonl"))
 
