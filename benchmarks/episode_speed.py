@@ -44,6 +44,15 @@ def reference_loop() -> float:
     return time.perf_counter() - start
 
 
+def _quantile(values: list[float], q: float) -> float:
+    """The ``q`` quantile by linear interpolation (numpy's default), without numpy."""
+    ordered = sorted(values)
+    pos = q * (len(ordered) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
 def time_policies(names: list[str], scenarios, repeats: int) -> dict[str, list[list[float]]]:
     """Seconds per run, ``[policy][episode] -> runs``, in interleaved rounds (the reference
     loop once per round and episode, under ``"reference"``)."""
@@ -77,8 +86,9 @@ def main() -> None:
     runs = time_policies(names, scenarios, args.repeats)
     print(f"{args.difficulty}, {args.episodes} episodes, {args.repeats} interleaved runs each "
           f"(lookahead: 1)")
-    print(f"{'policy':16s} {'fastest':>8s} {'median':>8s} {'slowest':>8s}   (ms per episode; "
-          f"mean over episodes of each episode's fastest / median run; slowest episode)")
+    print(f"{'policy':16s} {'fastest':>8s} {'median':>8s} {'p90':>8s} {'slowest':>8s} "
+          f"{'<=20ms':>7s}   (ms per episode: mean over episodes of each episode's fastest / "
+          f"median run; p90 and slowest episode and share of episodes <= 20 ms, median runs)")
     results = []
     for name in names:
         fastest = [min(r) * 1000 for r in runs[name]]
@@ -86,10 +96,13 @@ def main() -> None:
         row = {"policy": name, "difficulty": args.difficulty, "episodes": len(fastest),
                "runs_per_episode": len(runs[name][0]),
                "mean_fastest_ms": statistics.fmean(fastest),
-               "mean_median_ms": statistics.fmean(typical), "max_median_ms": max(typical)}
+               "mean_median_ms": statistics.fmean(typical),
+               "p90_median_ms": _quantile(typical, 0.9), "max_median_ms": max(typical),
+               "share_median_le_20ms": sum(t <= 20.0 for t in typical) / len(typical)}
         results.append(row)
         print(f"{name:16s} {row['mean_fastest_ms']:8.1f} {row['mean_median_ms']:8.1f} "
-              f"{row['max_median_ms']:8.1f}")
+              f"{row['p90_median_ms']:8.1f} {row['max_median_ms']:8.1f} "
+              f"{row['share_median_le_20ms']:7.0%}")
     groups = {"all but lookahead": [r for r in results if r["policy"] != "lookahead"],
               "heuristics (not keep, learned, lookahead)":
                   [r for r in results if r["policy"] not in NOT_HEURISTICS]}
