@@ -66,7 +66,7 @@ def run(difficulties=DIFFICULTIES, episodes: int = 5, seed: int = 0,
                 scenario = make_scenario(
                     difficulty, seed + i, steps=steps, trace_path=trace_path,
                     memory_fraction=memory_fraction_for(seed + i, memory_fraction))
-                scenario.first_observation  # the warm-up is the scenario's, not the policy's
+                _ = scenario.first_observation  # warm-up: the scenario's cost, not the policy's
                 start = time.perf_counter()
                 episode: Episode = play(scenario, make_policy(name))
                 cell.seconds.append(time.perf_counter() - start)

@@ -72,7 +72,8 @@ class Scenario:
     @property
     def options(self) -> dict:
         """The arguments beyond ``(difficulty, seed)`` that rebuild this scenario with
-        :func:`make_scenario` (the ones left at their defaults are left out)."""
+        :func:`make_scenario`: the steps and their timing, and the trace and the memory
+        override only when they were given (so generated episodes' states stay as they were)."""
         out = {"steps": self.steps, "step_s": self.step_s, "warmup_s": self.warmup_s}
         if self.trace_path is not None:
             out["trace_path"] = self.trace_path
@@ -149,8 +150,10 @@ def make_scenario(difficulty: str, seed: int, *, steps: int = 15, step_s: float 
     arguments, however they are spelt: ``make_scenario.cache_clear()`` empties the cache).
 
     ``trace_path`` (JSONL, Azure CSV or Mooncake JSONL, see :func:`kv_cache_rl.traces.load_trace`)
-    cuts the window from that real trace, at a start drawn from the seed, at the trace's own
-    rate, instead of generating it from a workload profile; the tier still sets the KV budget.
+    cuts the window from that real trace instead of generating it from a workload profile: it
+    opens at a request drawn from the seed, keeps the file's arrivals and lengths, and gets
+    sessions and a system prefix from its hash ids (:func:`kv_cache_rl.sessions.infer_sessions`);
+    the tier still sets the KV budget.
     ``memory_fraction`` replaces the tier's draw of the KV budget (as a fraction of the
     window's peak demand) and changes nothing else: same workload, rate and trace.
     """
@@ -174,7 +177,6 @@ def _build_scenario(difficulty: str, seed: int, steps: int, step_s: float, warmu
     horizon = base.end_s + RETENTION_S  # later turns decide whether an eviction was a loss
     if trace_path is None:
         from kv_cache_rl.workloads import generate
-
         from kv_cache_rl.workloads import load_profile as load_workload
 
         names = sorted(tier.loads)
@@ -205,8 +207,8 @@ def _build_scenario(difficulty: str, seed: int, steps: int, step_s: float, warmu
     blocks = max(64, math.ceil(fraction * peak))
     return replace(base, workload=workload, requests_per_s=rate, memory_fraction=fraction,
                    trace=trace, config=_engine_config(profile, blocks),
-                   reference_tokens=reference, peak_blocks=peak,
-                   trace_path=trace_path, memory_override=None if memory_fraction is None else float(memory_fraction))
+                   reference_tokens=reference, peak_blocks=peak, trace_path=trace_path,
+                   memory_override=None if memory_fraction is None else float(memory_fraction))
 
 
 make_scenario.cache_clear = _build_scenario.cache_clear

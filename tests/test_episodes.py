@@ -7,7 +7,7 @@ import pytest
 from kv_cache_rl.episode import Action, Episode, EpisodeError, parse_call
 from kv_cache_rl.observation import eviction_value
 from kv_cache_rl.policies import make_policy
-from kv_cache_rl.rubric import RUBRIC, REWARD_RANGE, EpisodeRecord, score
+from kv_cache_rl.rubric import REWARD_RANGE, RUBRIC, EpisodeRecord, score
 from kv_cache_rl.runner import play
 from kv_cache_rl.scenario import TIERS, make_scenario
 

@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 
 from kv_cache_rl.cli import main
+from kv_cache_rl.config import Trace, TraceRequest
 from kv_cache_rl.episode import Episode
 from kv_cache_rl.policies import make_policy
 from kv_cache_rl.runner import play
-from kv_cache_rl.config import Trace, TraceRequest
 from kv_cache_rl.scenario import RETENTION_S, TIERS, make_scenario
 from kv_cache_rl.sessions import infer_sessions
 from kv_cache_rl.traces import TraceFormatError
-
 
 SYSTEM_IDS = [0, 1]  # every prompt opens with the same 2 blocks (a system prompt)
 
@@ -105,7 +104,7 @@ def test_raw_trace_episode_is_deterministic_and_round_trips(raw_trace):
     assert again == scenario and again.trace == scenario.trace
     keep = play(again, make_policy("keep"))
     best = play(again, make_policy("compress_first"))
-    assert keep.score()["total_failures_metric"] > 0, "the hard budget puts the window under pressure"
+    assert keep.score()["total_failures_metric"] > 0, "the hard budget puts it under pressure"
     assert best.score()["reward"] > keep.score()["reward"]
     state = json.loads(json.dumps(best.state_dict()))
     assert state["trace_path"] == str(raw_trace) and "memory_fraction" not in state
