@@ -3,9 +3,9 @@ venv by ``tests/test_env_adapters.py``).
 
     python tests/adapter_probe.py v0|v1 < cases.json > results.json
 
-A case is ``{"difficulty", "seed", "steps", "max_calls_per_step", "turns"}``, ``turns`` a list
-of assistant messages, each a list of ``[tool name, raw JSON arguments]`` (``[]``: a reply
-with no tool call). The result per case is what
+A case is ``{"difficulty", "seed", "steps", "max_calls_per_step", "turns"}`` and optionally
+``"trace_path"``; ``turns`` is a list of assistant messages, each a list of ``[tool name, raw
+JSON arguments]`` (``[]``: a reply with no tool call). The result per case is what
 :func:`kv_cache_eviction.common.play_turns` returns for the core: the tool results (or user
 turn) the model reads after each message, the observations and the scores.
 
@@ -38,7 +38,8 @@ def run_v0(case: dict) -> dict:
     from kv_cache_eviction import load_environment
 
     env = load_environment(difficulty=case["difficulty"], num_examples=1, seed=case["seed"],
-                           steps=case["steps"], max_calls_per_step=case["max_calls_per_step"])
+                           steps=case["steps"], max_calls_per_step=case["max_calls_per_step"],
+                           trace_path=case.get("trace_path"))
     row = env.get_eval_dataset(n=1)[0]
 
     async def go():
@@ -89,11 +90,12 @@ def run_v1(case: dict) -> dict:
     tool_server.CACHE = EpisodeCache()  # the tool server's process has its own cache
     config = KVCacheEvictionConfig(difficulty=case["difficulty"], num_examples=1,
                                    seed=case["seed"], steps=case["steps"],
-                                   max_calls_per_step=case["max_calls_per_step"])
+                                   max_calls_per_step=case["max_calls_per_step"],
+                                   trace_path=case.get("trace_path"))
     (task,) = list(KVCacheEvictionTaskset(config))
     assert isinstance(task, KVCacheEvictionTask) and isinstance(task.data, KVCacheEvictionData)
     args = EnvArgs(case["difficulty"], 1, case["seed"], case["steps"],
-                   case["max_calls_per_step"])
+                   case["max_calls_per_step"], case.get("trace_path"))
     assert task.data.prompt == user_prompt(args.episode(0))
     assert task.data.system_prompt == system_prompt(case["max_calls_per_step"])
     trace = SimpleNamespace(state=KVState(), num_turns=0, assistant_messages=[], info={})

@@ -151,6 +151,40 @@ def make_trace():
     return random_trace
 
 
+CHAT_SYSTEM_IDS = [0, 1]  # every prompt of the chat trace opens with the same 2 blocks
+
+
+def chat_trace_rows(sessions: int = 260, duration_s: float = 300.0) -> list[dict]:
+    """A Mooncake-like chat load in the JSONL format (one hash id per 16 tokens): sessions of
+    1-4 turns, each turn's prompt the previous prompt, its answer and a new message, so the
+    hash ids of a turn start with all of the previous turn's. About 2.5 req/s of 1.5-6k-token
+    prompts: enough to fill a hard tier's KV budget."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    rows, next_id = [], 10
+    for start in np.sort(rng.uniform(0.0, duration_s, sessions)):
+        ids, t = list(CHAT_SYSTEM_IDS), float(start)
+        for _ in range(int(rng.integers(1, 5))):
+            new = int(rng.integers(80, 250))  # blocks: the new message (and the last answer)
+            ids += range(next_id, next_id + new)
+            next_id += new
+            rows.append({"arrival_s": round(t, 4), "input_toks": 16 * len(ids),
+                         "output_toks": int(rng.integers(16, 200)), "hash_ids": list(ids)})
+            t += float(rng.uniform(5.0, 40.0))
+    return sorted(rows, key=lambda r: r["arrival_s"])
+
+
+@pytest.fixture(scope="session")
+def chat_trace(tmp_path_factory):
+    """:func:`chat_trace_rows` written to a JSONL file: a raw trace to cut episodes from."""
+    import json
+
+    path = tmp_path_factory.mktemp("raw") / "chat.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in chat_trace_rows()))
+    return path
+
+
 # ---- invariants --------------------------------------------------------------------------------
 
 

@@ -280,6 +280,8 @@ def test_task_list_interleaves_difficulties_like_bench():
                 {"max_calls_per_step": 0}):
         with pytest.raises(ValueError):
             EnvArgs(**bad)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        EnvArgs(trace_path="/nonexistent/trace.jsonl")
 
 
 # ---- the adapters, in process, against the core ---------------------------------------------
@@ -294,26 +296,34 @@ CASES = [
 ]
 
 
-def _probe(api: str) -> list[dict]:
+def _probe(api: str, cases: list[dict]) -> list[dict]:
     python = VENVS[api] / "bin" / "python"
     proc = subprocess.run([str(python), str(ROOT / "tests" / "adapter_probe.py"), api],
-                          input=json.dumps(CASES), capture_output=True, text=True, timeout=600,
+                          input=json.dumps(cases), capture_output=True, text=True, timeout=600,
                           cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout)
 
 
-def test_core_v0_and_v1_agree_exactly():
+def test_core_v0_and_v1_agree_exactly(chat_trace):
     missing = [api for api, venv in VENVS.items() if not (venv / "bin" / "python").exists()]
     if missing:
         pytest.skip(f"no verifiers venv for {missing}: run scripts/setup_verifiers_venvs.sh")
+    # an episode cut from a raw trace too (``trace_path``): the hard tier's pressure, sessions
+    # from hash ids, the actions of a policy that evicts idle contexts
+    raw = {"difficulty": "hard", "seed": 3, "steps": 8, "max_calls_per_step": 8,
+           "trace_path": str(chat_trace),
+           "turns": policy_turns("hard", 3, "lru", steps=8, trace_path=str(chat_trace))}
+    assert any(name == "evict" for turn in raw["turns"] for name, _ in turn)
+    cases = [*CASES, raw]
     with ThreadPoolExecutor(2) as pool:
-        v0, v1 = pool.map(_probe, ("v0", "v1"))
-    for case, a, b in zip(CASES, v0, v1):
+        v0, v1 = pool.map(_probe, ("v0", "v1"), (cases, cases))
+    for case, a, b in zip(cases, v0, v1, strict=True):
         core = play_turns(case["difficulty"], case["seed"], case["turns"], steps=case["steps"],
-                          max_calls_per_step=case["max_calls_per_step"])
+                          max_calls_per_step=case["max_calls_per_step"],
+                          trace_path=case.get("trace_path"))
         episode = new_episode(case["difficulty"], case["seed"], case["steps"],
-                              case["max_calls_per_step"])
+                              case["max_calls_per_step"], case.get("trace_path"))
         for out in (a, b):
             assert out["results"] == core["results"]
             assert out["scores"] == core["scores"]
@@ -322,6 +332,10 @@ def test_core_v0_and_v1_agree_exactly():
     # the policy case scores what runner.play scores
     direct = play(make_scenario("medium", 11), make_policy("compress_first")).score()
     assert v1[1]["scores"]["reward"] == direct["reward"] == v0[1]["scores"]["reward"]
+    lru = play(make_scenario("hard", 3, steps=8, trace_path=str(chat_trace)),
+               make_policy("lru")).score()
+    assert v1[-1]["scores"]["reward"] == lru["reward"] == v0[-1]["scores"]["reward"]
+    assert "a window of trace chat.jsonl" in v1[-1]["prompt"][1]
 
 
 def test_v0_entry_point_under_verifiers_04_names_v1():

@@ -4,8 +4,8 @@ same determinism and state round trip as generated episodes."""
 
 import json
 
-import numpy as np
 import pytest
+from conftest import CHAT_SYSTEM_IDS, chat_trace_rows
 
 from kv_cache_rl.cli import main
 from kv_cache_rl.config import Trace, TraceRequest
@@ -16,40 +16,12 @@ from kv_cache_rl.scenario import RETENTION_S, TIERS, make_scenario
 from kv_cache_rl.sessions import infer_sessions
 from kv_cache_rl.traces import TraceFormatError
 
-SYSTEM_IDS = [0, 1]  # every prompt opens with the same 2 blocks (a system prompt)
 
-
-def _rows(sessions: int = 260, duration_s: float = 300.0) -> list[dict]:
-    """A Mooncake-like chat load in the JSONL format (one hash id per 16 tokens): sessions of
-    1-4 turns, each turn's prompt the previous prompt, its answer and a new message, so the
-    hash ids of a turn start with all of the previous turn's. About 2.5 req/s of 1.5-6k-token
-    prompts: enough to fill a hard tier's KV budget."""
-    rng = np.random.default_rng(7)
-    rows, next_id = [], 10
-    for start in np.sort(rng.uniform(0.0, duration_s, sessions)):
-        ids, t = list(SYSTEM_IDS), float(start)
-        for _ in range(int(rng.integers(1, 5))):
-            new = int(rng.integers(80, 250))  # blocks: the new message (and the last answer)
-            ids += range(next_id, next_id + new)
-            next_id += new
-            rows.append({"arrival_s": round(t, 4), "input_toks": 16 * len(ids),
-                         "output_toks": int(rng.integers(16, 200)), "hash_ids": list(ids)})
-            t += float(rng.uniform(5.0, 40.0))
-    return sorted(rows, key=lambda r: r["arrival_s"])
-
-
-@pytest.fixture(scope="module")
-def raw_trace(tmp_path_factory):
-    path = tmp_path_factory.mktemp("raw") / "docs.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
-    return path
-
-
-def test_window_is_a_real_cut_of_the_file_with_the_tiers_budget(raw_trace):
-    rows = _rows()
-    scenario = make_scenario("hard", 3, trace_path=str(raw_trace))
+def test_window_is_a_real_cut_of_the_file_with_the_tiers_budget(chat_trace):
+    rows = chat_trace_rows()
+    scenario = make_scenario("hard", 3, trace_path=str(chat_trace))
     requests = scenario.trace.requests
-    assert requests and scenario.workload == str(raw_trace)
+    assert requests and scenario.workload == str(chat_trace)
     # the same requests as a contiguous run of the file, shifted by one start time
     first = next(i for i, r in enumerate(rows) if r["input_toks"] == requests[0].input_toks
                  and tuple(r["hash_ids"]) == requests[0].hash_ids)
@@ -64,7 +36,7 @@ def test_window_is_a_real_cut_of_the_file_with_the_tiers_budget(raw_trace):
     lo, hi = TIERS["hard"].memory
     assert lo <= scenario.memory_fraction <= hi
     assert scenario.config.num_gpu_blocks < scenario.peak_blocks
-    assert make_scenario("hard", 4, trace_path=str(raw_trace)).trace != scenario.trace
+    assert make_scenario("hard", 4, trace_path=str(chat_trace)).trace != scenario.trace
 
 
 def test_infer_sessions_links_turns_by_their_prefix_ids():
@@ -85,11 +57,11 @@ def test_infer_sessions_links_turns_by_their_prefix_ids():
     assert infer_sessions(annotated) is annotated  # sessions already set: left as they are
 
 
-def test_raw_trace_windows_hold_sessions_the_agent_can_manage(raw_trace):
-    scenario = make_scenario("hard", 3, trace_path=str(raw_trace))
+def test_chat_trace_windows_hold_sessions_the_agent_can_manage(chat_trace):
+    scenario = make_scenario("hard", 3, trace_path=str(chat_trace))
     requests = scenario.trace.requests
     assert len({r.session_id for r in requests}) < len(requests), "multi-turn sessions"
-    assert all(r.system_toks == 16 * len(SYSTEM_IDS) for r in requests)
+    assert all(r.system_toks == 16 * len(CHAT_SYSTEM_IDS) for r in requests)
     overview = scenario.first_observation.overview
     assert overview.get("system", (0,))[0] == 1 and overview.get("context", (0,))[0] > 0
     keep, lru = (play(scenario, make_policy(n)) for n in ("keep", "lru"))
@@ -97,17 +69,17 @@ def test_raw_trace_windows_hold_sessions_the_agent_can_manage(raw_trace):
     assert lru.score() != keep.score()
 
 
-def test_raw_trace_episode_is_deterministic_and_round_trips(raw_trace):
-    scenario = make_scenario("hard", 3, trace_path=str(raw_trace))
+def test_chat_trace_episode_is_deterministic_and_round_trips(chat_trace):
+    scenario = make_scenario("hard", 3, trace_path=str(chat_trace))
     make_scenario.cache_clear()
-    again = make_scenario("hard", 3, trace_path=str(raw_trace))
+    again = make_scenario("hard", 3, trace_path=str(chat_trace))
     assert again == scenario and again.trace == scenario.trace
     keep = play(again, make_policy("keep"))
     best = play(again, make_policy("compress_first"))
     assert keep.score()["total_failures_metric"] > 0, "the hard budget puts it under pressure"
     assert best.score()["reward"] > keep.score()["reward"]
     state = json.loads(json.dumps(best.state_dict()))
-    assert state["trace_path"] == str(raw_trace) and "memory_fraction" not in state
+    assert state["trace_path"] == str(chat_trace) and "memory_fraction" not in state
     rebuilt = Episode.from_state(state)
     assert rebuilt.text() == best.text() and rebuilt.score() == best.score()
 
@@ -121,7 +93,7 @@ def test_memory_override_round_trips_through_state():
     assert rebuilt.text() == episode.text() and rebuilt.score() == episode.score()
 
 
-def test_bad_raw_traces_fail_clearly_and_sparse_ones_still_play(tmp_path):
+def test_bad_chat_traces_fail_clearly_and_sparse_ones_still_play(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"arrival_s": 0, "input_toks": 10, "output_toks": 5}\n{"arrival_s": 1}\n')
     with pytest.raises(TraceFormatError, match=r"bad\.jsonl:2"):
@@ -136,16 +108,16 @@ def test_bad_raw_traces_fail_clearly_and_sparse_ones_still_play(tmp_path):
         make_scenario("easy", 0, trace_path=str(tmp_path / "missing.jsonl"))
 
 
-def test_bench_cli_with_a_trace(raw_trace, tmp_path, capsys):
+def test_bench_cli_with_a_trace(chat_trace, tmp_path, capsys):
     out = tmp_path / "b.json"
     assert main(["bench", "--difficulty", "hard", "--episodes", "2", "--seed", "3",
-                 "--policies", "keep,compress_first", "--trace", str(raw_trace),
+                 "--policies", "keep,compress_first", "--trace", str(chat_trace),
                  "--json", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert result["trace"] == str(raw_trace)
+    assert result["trace"] == str(chat_trace)
     rewards = {r["policy"]: r["rewards"] for r in result["results"]}
     for name in ("keep", "compress_first"):
-        expected = [play(make_scenario("hard", s, trace_path=str(raw_trace)),
+        expected = [play(make_scenario("hard", s, trace_path=str(chat_trace)),
                          make_policy(name)).score()["reward"] for s in (3, 4)]
         assert rewards[name] == [round(x, 6) for x in expected]
     assert "episodes cut from windows of" in capsys.readouterr().out
@@ -153,12 +125,12 @@ def test_bench_cli_with_a_trace(raw_trace, tmp_path, capsys):
     assert "error" in capsys.readouterr().err
 
 
-def test_gym_env_plays_raw_trace_windows(raw_trace):
+def test_gym_env_plays_chat_trace_windows(chat_trace):
     pytest.importorskip("gymnasium")
     from kv_cache_rl.gym_env import KVCacheEvictionEnv
 
-    env = KVCacheEvictionEnv(difficulty="hard", seeds=[3], trace_path=str(raw_trace))
+    env = KVCacheEvictionEnv(difficulty="hard", seeds=[3], trace_path=str(chat_trace))
     env.reset(seed=0)
-    assert env.episode.scenario is make_scenario("hard", 3, trace_path=str(raw_trace))
+    assert env.episode.scenario is make_scenario("hard", 3, trace_path=str(chat_trace))
     with pytest.raises(FileNotFoundError):
-        KVCacheEvictionEnv(trace_path=str(raw_trace) + ".missing")
+        KVCacheEvictionEnv(trace_path=str(chat_trace) + ".missing")

@@ -117,19 +117,17 @@ def run(cmd: list[str], bin_dir: Path) -> subprocess.CompletedProcess:
     return proc
 
 
-def core_replay(difficulty: str, seed: int, turns: list) -> dict:
-    return play_turns(difficulty, seed, turns, steps=STEPS)
-
-
-def check(difficulty: str, seed: int, turns: list, results: list, scores: dict) -> None:
-    core = core_replay(difficulty, seed, turns)
+def check(difficulty: str, seed: int, turns: list, results: list, scores: dict,
+          trace_path: str | None = None) -> None:
+    core = play_turns(difficulty, seed, turns, steps=STEPS, trace_path=trace_path)
     assert results == core["results"]
     for name, value in core["scores"].items():
         if name != "reward":
             assert scores[name] == value, name
     assert scores["reward"] == pytest.approx(core["scores"]["reward"], abs=1e-12)
     if seed != BAD_SEED:
-        direct = play(make_scenario(difficulty, seed, steps=STEPS), make_policy(POLICY))
+        direct = play(make_scenario(difficulty, seed, steps=STEPS, trace_path=trace_path),
+                      make_policy(POLICY))
         assert core["scores"] == {**direct.score(), "invalid_calls": 0.0}
     for turn in results:
         assert not any("Traceback" in text for text in turn)
@@ -141,16 +139,39 @@ def test_v1_vf_eval(server, tmp_path):
     run([str(VF04 / "vf-eval"), "kv-cache-eviction", "-m", POLICY, "--client.base-url", server,
          "--client.api-key-var", KEY_VAR, "-n", "8", "-r", "1", "-c", "8", "--no-push",
          "--no-rich", "-o", str(tmp_path), "--run.name", "e2e"], VF04)
+    seen = {(data["difficulty"], data["seed"]) for data in check_v1_traces(tmp_path, 8)}
+    assert seen == {(d, s) for d, s in [("easy", 42), ("medium", 42), ("hard", 42),
+                                        ("easy", 43), ("medium", 43), ("hard", 43),
+                                        ("easy", 44), ("medium", 44)]}
+
+
+@pytest.mark.skipif(not (VF04 / "vf-eval").exists(), reason="no verifiers 0.4 venv "
+                    "(scripts/setup_verifiers_venvs.sh)")
+def test_v1_vf_eval_on_a_raw_trace(server, tmp_path, chat_trace):
+    """``--env.taskset.trace_path``: hard windows of a raw trace file (seed 43's bad calls
+    included) score as the core replays them and as ``bench --trace`` plays them."""
+    run([str(VF04 / "vf-eval"), "kv-cache-eviction", "-m", POLICY, "--client.base-url", server,
+         "--client.api-key-var", KEY_VAR, "-n", "3", "-r", "1", "-c", "3", "--no-push",
+         "--no-rich", "-o", str(tmp_path), "--run.name", "e2e",
+         "--env.taskset.difficulty", "hard", "--env.taskset.trace_path", str(chat_trace)], VF04)
+    data = check_v1_traces(tmp_path, 3, trace_path=str(chat_trace))
+    assert sorted(d["seed"] for d in data) == [42, 43, 44]
+    assert all(d["trace_path"] == str(chat_trace) for d in data)
+
+
+def check_v1_traces(out_dir: Path, n: int, trace_path: str | None = None) -> list[dict]:
+    """Check every rollout ``vf-eval`` (v1) wrote to ``out_dir`` against the core; return
+    their task data."""
     episodes = [json.loads(line) for line in
-                (tmp_path / "e2e" / "traces.jsonl").read_text().splitlines() if line]
-    assert len(episodes) == 8
-    seen = set()
+                (out_dir / "e2e" / "traces.jsonl").read_text().splitlines() if line]
+    assert len(episodes) == n
+    seen = []
     for episode in episodes:
         assert episode["ok"], episode.get("errors")
         (trace,) = episode["traces"]
         assert trace["ok"] and trace["stop_condition"] == "finished", trace["errors"]
         data = trace["task"]["data"]
-        seen.add((data["difficulty"], data["seed"]))
+        seen.append(data)
         messages = [node["message"] for node in trace["nodes"]]
         turns, results = [], []
         for m in messages[2:]:
@@ -163,10 +184,8 @@ def test_v1_vf_eval(server, tmp_path):
         assert trace["info"]["steps_played"] == STEPS == len(turns)
         scores = {**{k: v["score"] for k, v in trace["rewards"].items()}, **trace["metrics"]}
         scores["reward"] = sum(v["score"] * v["weight"] for v in trace["rewards"].values())
-        check(data["difficulty"], data["seed"], turns, results, scores)
-    assert seen == {(d, s) for d, s in [("easy", 42), ("medium", 42), ("hard", 42),
-                                        ("easy", 43), ("medium", 43), ("hard", 43),
-                                        ("easy", 44), ("medium", 44)]}
+        check(data["difficulty"], data["seed"], turns, results, scores, trace_path)
+    return seen
 
 
 @pytest.mark.skipif(not (VF031 / "vf-eval").exists(), reason="no verifiers 0.3.1 venv "

@@ -23,6 +23,7 @@ import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 from kv_cache_rl.engine import ActionError
 from kv_cache_rl.episode import ACTION_KINDS, MAX_CALLS_PER_STEP, Episode, parse_call
@@ -84,6 +85,7 @@ class EnvArgs:
     seed: int = DEFAULT_SEED
     steps: int = DEFAULT_STEPS
     max_calls_per_step: int = MAX_CALLS_PER_STEP
+    trace_path: str | None = None  # cut every task's episode from a window of this raw trace
 
     def __post_init__(self) -> None:
         if self.difficulty not in DIFFICULTY_CHOICES:
@@ -93,6 +95,8 @@ class EnvArgs:
             raise ValueError("num_examples must be -1 (all) or >= 1")
         if self.steps < 1 or self.max_calls_per_step < 1:
             raise ValueError("steps and max_calls_per_step must be >= 1")
+        if self.trace_path is not None and not Path(self.trace_path).is_file():
+            raise FileNotFoundError(f"trace_path {self.trace_path}: no such file")
 
     @property
     def size(self) -> int:
@@ -112,11 +116,14 @@ class EnvArgs:
 
     def episode(self, i: int) -> Episode:
         difficulty, seed = self.example(i)
-        return new_episode(difficulty, seed, self.steps, self.max_calls_per_step)
+        return new_episode(difficulty, seed, self.steps, self.max_calls_per_step,
+                           self.trace_path)
 
 
-def new_episode(difficulty: str, seed: int, steps: int, max_calls_per_step: int) -> Episode:
-    return Episode.from_seed(difficulty, seed, steps=steps, max_calls_per_step=max_calls_per_step)
+def new_episode(difficulty: str, seed: int, steps: int, max_calls_per_step: int,
+                trace_path: str | None = None) -> Episode:
+    return Episode.from_seed(difficulty, seed, steps=steps, max_calls_per_step=max_calls_per_step,
+                             trace_path=trace_path)
 
 
 def system_prompt(max_calls_per_step: int) -> str:
@@ -125,7 +132,8 @@ def system_prompt(max_calls_per_step: int) -> str:
 
 def user_prompt(episode: Episode) -> str:
     sc = episode.scenario
-    return (f"Scenario: difficulty {sc.difficulty}, seed {sc.seed}, {sc.steps} steps of "
+    source = "" if sc.trace_path is None else f", a window of trace {Path(sc.trace_path).name}"
+    return (f"Scenario: difficulty {sc.difficulty}, seed {sc.seed}{source}, {sc.steps} steps of "
             f"{sc.step_s:g} s. The first observation:\n\n{episode.text()}")
 
 
@@ -176,12 +184,13 @@ def scores(episode: Episode) -> dict[str, float]:
 
 
 def play_turns(difficulty: str, seed: int, turns: list, *, steps: int = DEFAULT_STEPS,
-               max_calls_per_step: int = MAX_CALLS_PER_STEP) -> dict:
+               max_calls_per_step: int = MAX_CALLS_PER_STEP,
+               trace_path: str | None = None) -> dict:
     """The core reference for the adapters: play ``turns`` (each a list of ``(name, raw JSON
     arguments)`` tool calls, ``[]`` for a text reply) with the turn protocol. Returns the tool
     result texts per turn (observation attached as the adapters attach it), the observations
     and the scores."""
-    episode = new_episode(difficulty, seed, steps, max_calls_per_step)
+    episode = new_episode(difficulty, seed, steps, max_calls_per_step, trace_path)
     results, observations = [], [episode.text()]
     for calls in turns:
         if episode.done:
@@ -198,14 +207,16 @@ def play_turns(difficulty: str, seed: int, turns: list, *, steps: int = DEFAULT_
     return {"results": results, "observations": observations, "scores": scores(episode)}
 
 
-def policy_turns(difficulty: str, seed: int, policy: str, *, steps: int = DEFAULT_STEPS) -> list:
+def policy_turns(difficulty: str, seed: int, policy: str, *, steps: int = DEFAULT_STEPS,
+                 trace_path: str | None = None) -> list:
     """The turns a built-in policy plays in ``runner.play`` (every call it made, as ``(name, raw
     JSON arguments)``; a step with no call becomes ``keep()``), for replaying through adapters."""
     from kv_cache_rl.policies import make_policy
     from kv_cache_rl.runner import play
     from kv_cache_rl.scenario import make_scenario
 
-    episode = play(make_scenario(difficulty, seed, steps=steps), make_policy(policy))
+    episode = play(make_scenario(difficulty, seed, steps=steps, trace_path=trace_path),
+                   make_policy(policy))
     return [[(name, json.dumps(args or {})) for name, args in step] or [("keep", "{}")]
             for step in episode.calls]
 
@@ -215,15 +226,15 @@ def policy_turns(difficulty: str, seed: int, policy: str, *, steps: int = DEFAUL
 def plain_state(episode: Episode) -> dict:
     """:meth:`Episode.state_dict`, copied through JSON (C speed) instead of ``deepcopy``."""
     sc = episode.scenario
-    return {"difficulty": sc.difficulty, "seed": sc.seed, "steps": sc.steps,
-            "step_s": sc.step_s, "warmup_s": sc.warmup_s,
+    return {"difficulty": sc.difficulty, "seed": sc.seed, **sc.options,
             "max_calls_per_step": episode.max_calls_per_step,
             "calls": json.loads(json.dumps(episode.calls)), "step_index": episode.step_index}
 
 
 def _key(state: dict) -> tuple:
     return (state["difficulty"], state["seed"], state["steps"], state["step_s"],
-            state["warmup_s"], state["max_calls_per_step"])
+            state["warmup_s"], state.get("trace_path"), state.get("memory_fraction"),
+            state["max_calls_per_step"])
 
 
 def _lag(episode: Episode, state: dict) -> int | None:
@@ -243,7 +254,8 @@ def _lag(episode: Episode, state: dict) -> int | None:
 
 def _episode_key(episode: Episode) -> tuple:
     sc = episode.scenario
-    return (sc.difficulty, sc.seed, sc.steps, sc.step_s, sc.warmup_s, episode.max_calls_per_step)
+    return (sc.difficulty, sc.seed, sc.steps, sc.step_s, sc.warmup_s, sc.trace_path,
+            sc.memory_override, episode.max_calls_per_step)
 
 
 def _catch_up(episode: Episode, state: dict) -> Episode:

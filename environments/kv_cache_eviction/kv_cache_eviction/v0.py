@@ -77,13 +77,15 @@ def _rubric_func(name: str):
 
 
 def load_environment(difficulty: str = "all", num_examples: int = -1, seed: int = 42,
-                     steps: int = 15, max_calls_per_step: int = 8, **kwargs):
+                     steps: int = 15, max_calls_per_step: int = 8,
+                     trace_path: str | None = None, **kwargs):
     """The v0 environment. ``difficulty`` all|easy|medium|hard; ``num_examples`` -1 = the
     whole catalogue (100 seeds per difficulty); task ``i`` is scenario
     :meth:`EnvArgs.example`; ``steps`` per episode; ``max_calls_per_step`` tool calls per
-    assistant message. Other keyword arguments go to ``vf.StatefulToolEnv``."""
+    assistant message; ``trace_path`` a raw trace to cut the episodes from. Other keyword
+    arguments go to ``vf.StatefulToolEnv``."""
     vf, Dataset = _legacy()
-    args = EnvArgs(difficulty, num_examples, seed, steps, max_calls_per_step)
+    args = EnvArgs(difficulty, num_examples, seed, steps, max_calls_per_step, trace_path)
 
     class KVCacheEvictionV0Env(vf.StatefulToolEnv):
         def __init__(self, **kw):
@@ -94,7 +96,7 @@ def load_environment(difficulty: str = "all", num_examples: int = -1, seed: int 
         async def setup_state(self, state, **kw):
             info = state["info"]
             episode = new_episode(info["difficulty"], info["seed"], info["steps"],
-                                  info["max_calls_per_step"])
+                                  info["max_calls_per_step"], info.get("trace_path"))
             state["kv_episode"] = episode
             # the first observation joins the prompt here, so building the dataset is instant
             prompt = list(state["prompt"])
@@ -151,6 +153,8 @@ def load_environment(difficulty: str = "all", num_examples: int = -1, seed: int 
             difficulty, seed = args.example(i)
             info = {"difficulty": difficulty, "seed": seed, "steps": args.steps,
                     "max_calls_per_step": args.max_calls_per_step}
+            if args.trace_path is not None:
+                info["trace_path"] = args.trace_path
             out.append({
                 "prompt": [{"role": "system", "content": header},
                            {"role": "user", "content": f"Scenario: difficulty {difficulty}, "

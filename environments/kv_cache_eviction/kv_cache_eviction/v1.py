@@ -52,10 +52,13 @@ class KVCacheEvictionConfig(vf.TasksetConfig):
     """Simulator steps (assistant turns) per episode."""
     max_calls_per_step: int = Field(8, ge=1)
     """At most this many actions per assistant message; later ones get an error."""
+    trace_path: str | None = None
+    """A raw trace (JSONL, Azure CSV, Mooncake JSONL) to cut every episode from, instead of
+    generating it; it must exist where the environment and its tool server run."""
 
     def args(self) -> EnvArgs:
         return EnvArgs(self.difficulty, self.num_examples, self.seed, self.steps,
-                       self.max_calls_per_step)
+                       self.max_calls_per_step, self.trace_path)
 
 
 class KVCacheEvictionData(vf.TaskData):
@@ -63,6 +66,7 @@ class KVCacheEvictionData(vf.TaskData):
     seed: int
     steps: int
     max_calls_per_step: int
+    trace_path: str | None = None
 
 
 def close_turn(state: KVState, turn: int, invalid: list[tuple[str, str]]) -> None:
@@ -91,7 +95,7 @@ def _content(message) -> str:
 class KVCacheEvictionTask(vf.Task[KVCacheEvictionData, KVState, vf.TaskConfig]):
     async def setup(self, trace, runtime) -> None:
         d = self.data
-        episode = new_episode(d.difficulty, d.seed, d.steps, d.max_calls_per_step)
+        episode = new_episode(d.difficulty, d.seed, d.steps, d.max_calls_per_step, d.trace_path)
         trace.state.episode = plain_state(episode)
         CACHE.put(episode)
 
@@ -203,7 +207,7 @@ class KVCacheEvictionTaskset(vf.Taskset[KVCacheEvictionTask, KVCacheEvictionConf
                 KVCacheEvictionData(
                     name=f"{difficulty}-{seed}", prompt=user_prompt(episode),
                     system_prompt=system, difficulty=difficulty, seed=seed, steps=args.steps,
-                    max_calls_per_step=args.max_calls_per_step),
+                    max_calls_per_step=args.max_calls_per_step, trace_path=args.trace_path),
                 self.config.task)
 
 
