@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -111,12 +113,20 @@ class Scenario:
                        last_pending=len(warm.waiting))
 
 
+def _raw_trace(path: str) -> tuple[Trace, int]:
+    """A raw trace file and its system prefix (in hash blocks, over the whole file), read once
+    per version of the file (every seed of a bench run cuts its window from it)."""
+    stat = Path(path).stat()
+    return _read_raw_trace(path, stat.st_mtime_ns, stat.st_size)
+
+
 @functools.lru_cache(maxsize=4)
-def _raw_trace(path: str) -> Trace:
-    """A raw trace file, read once per process (every seed of a bench run cuts its window)."""
+def _read_raw_trace(path: str, _mtime_ns: int, _size: int) -> tuple[Trace, int]:
+    from kv_cache_rl.sessions import system_prefix_blocks
     from kv_cache_rl.traces import load_trace
 
-    return load_trace(path)
+    trace = load_trace(path)
+    return trace, system_prefix_blocks(trace)
 
 
 def _engine_config(profile, num_gpu_blocks: int) -> EngineConfig:
@@ -157,8 +167,20 @@ def make_scenario(difficulty: str, seed: int, *, steps: int = 15, step_s: float 
     ``memory_fraction`` replaces the tier's draw of the KV budget (as a fraction of the
     window's peak demand) and changes nothing else: same workload, rate and trace.
     """
-    return _build_scenario(difficulty, seed, steps, step_s, warmup_s,
-                           None if trace_path is None else str(trace_path), memory_fraction)
+    if trace_path is not None:
+        trace_path = Path(trace_path)
+        if not trace_path.is_file():
+            raise FileNotFoundError(f"trace_path {trace_path}: no such file")
+        trace_path = str(trace_path.resolve())  # one cache entry and state whatever the cwd
+    # one type per argument, so one cache entry and the same state for 1 and 1.0, int64 and int
+    return _build_scenario(difficulty, operator.index(seed), operator.index(steps),
+                           float(step_s), float(warmup_s), trace_path,
+                           None if memory_fraction is None else float(memory_fraction))
+
+
+def _cache_clear() -> None:
+    _build_scenario.cache_clear()
+    _read_raw_trace.cache_clear()
 
 
 @functools.lru_cache(maxsize=256)
@@ -188,7 +210,7 @@ def _build_scenario(difficulty: str, seed: int, steps: int, step_s: float, warmu
         from kv_cache_rl.sessions import infer_sessions
         from kv_cache_rl.traces import window
 
-        full = _raw_trace(trace_path)
+        full, system_blocks = _raw_trace(trace_path)
         # the window opens at a request drawn uniformly among those that leave a whole window
         # after them: a uniform start time can fall in a gap of a bursty trace (the Azure code
         # trace has 12 gaps of over a minute, up to 217 s), a drawn request weighs busy
@@ -197,7 +219,7 @@ def _build_scenario(difficulty: str, seed: int, steps: int, step_s: float, warmu
         latest = first + max(full.duration_s - horizon, 0.0)
         starts = [r.arrival_s for r in full.requests if r.arrival_s <= latest]
         start = starts[int(rng.integers(len(starts)))]
-        trace = infer_sessions(window(full, start, start + horizon))
+        trace = infer_sessions(window(full, start, start + horizon), system_blocks)
         workload, rate = str(trace_path), len(trace.requests) / horizon  # the window's own
     fraction = float(rng.uniform(*tier.memory))  # drawn either way: the stream stays the same
     if memory_fraction is not None:
@@ -208,10 +230,10 @@ def _build_scenario(difficulty: str, seed: int, steps: int, step_s: float, warmu
     return replace(base, workload=workload, requests_per_s=rate, memory_fraction=fraction,
                    trace=trace, config=_engine_config(profile, blocks),
                    reference_tokens=reference, peak_blocks=peak, trace_path=trace_path,
-                   memory_override=None if memory_fraction is None else float(memory_fraction))
+                   memory_override=memory_fraction)
 
 
-make_scenario.cache_clear = _build_scenario.cache_clear
+make_scenario.cache_clear = _cache_clear
 
 
 def memory_fraction_for(seed: int, fractions) -> float | None:

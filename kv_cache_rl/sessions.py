@@ -51,9 +51,13 @@ def find_parents(trace: Trace, sys_blocks: int) -> list[int]:
     return parent
 
 
-def infer_sessions(trace: Trace) -> Trace:
+def infer_sessions(trace: Trace, system_blocks: int | None = None) -> Trace:
     """``trace`` with ``session_id`` (the index of the turn that opened the session) and
     ``system_toks`` (the prefix every request shares) set from its hash ids.
+
+    ``system_blocks``: the system prefix in hash blocks, as measured on the whole file a
+    window was cut from (by default it is measured on ``trace``, which in a small window can
+    take a whole prompt for a shared prefix).
 
     A trace without hash ids (Azure), or one whose requests already carry sessions (a dumped
     generated trace), is returned as it is. Nothing of the future is added: ``next_turn_s``
@@ -62,7 +66,7 @@ def infer_sessions(trace: Trace) -> Trace:
     reqs = trace.requests
     if not any(r.hash_ids for r in reqs) or any(r.session_id >= 0 for r in reqs):
         return trace
-    sys_blocks = system_prefix_blocks(trace)
+    sys_blocks = system_prefix_blocks(trace) if system_blocks is None else system_blocks
     parent = find_parents(trace, sys_blocks)
     root = list(range(len(reqs)))
     for i, p in enumerate(parent):

@@ -14,6 +14,7 @@ import functools
 import gzip
 import hashlib
 import importlib.util
+import threading
 from pathlib import Path
 from unittest import mock
 
@@ -39,14 +40,22 @@ def _o200k_from_bpe_openai():
                 for token, rank in (line.split() for line in contents.splitlines() if line)}
 
     # only the file's source is replaced: tiktoken's constructor supplies the expected hash,
-    # the split pattern and the special tokens
+    # the split pattern and the special tokens (the patch lasts for the call, under the lock)
     with mock.patch.object(openai_public, "load_tiktoken_bpe", load_bundled):
         return tiktoken.Encoding(**openai_public.o200k_base())
+
+
+_LOADING = threading.Lock()  # one loader at a time: the bundled-file patch is process-wide
 
 
 @functools.lru_cache(maxsize=1)
 def encoding():
     """(name, tiktoken.Encoding) of the best tokenizer available offline."""
+    with _LOADING:
+        return _load_encoding()
+
+
+def _load_encoding():
     import tiktoken
 
     loaders = (("o200k_base", _o200k_from_bpe_openai),

@@ -209,11 +209,31 @@ def load_trace(path: str | Path, fmt: str = "auto", *, zero_output: str = "clamp
     Raises ``TraceFormatError`` naming ``path:line`` and the problem.
     """
     path = Path(path)
-    fmt = detect_format(path) if fmt == "auto" else fmt
-    loader = {"jsonl": _load_jsonl, "azure": _load_azure, "mooncake": _load_mooncake}.get(fmt)
-    if loader is None:
-        raise ValueError(f"fmt must be 'auto' or one of {FORMATS}, got {fmt!r}")
-    return loader(path, _Rows(path, zero_output), hash_block_tokens)
+    if path.exists() and not path.is_file():
+        raise TraceFormatError(f"{path}: not a file")
+    try:
+        fmt = detect_format(path) if fmt == "auto" else fmt
+        loader = {"jsonl": _load_jsonl, "azure": _load_azure, "mooncake": _load_mooncake}.get(fmt)
+        if loader is None:
+            raise ValueError(f"fmt must be 'auto' or one of {FORMATS}, got {fmt!r}")
+        trace = loader(path, _Rows(path, zero_output), hash_block_tokens)
+    except UnicodeDecodeError:
+        raise TraceFormatError(f"{path}:{_first_undecodable_line(path)}: not UTF-8 text "
+                               "(a compressed or binary file?)") from None
+    if not trace.requests:
+        raise TraceFormatError(f"{path}:1: no requests in the file")
+    return trace
+
+
+def _first_undecodable_line(path: Path) -> int:
+    """The line number of the first line that is not UTF-8 (read only on that error)."""
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return lineno
+    return 1
 
 
 def dump_jsonl(trace: Trace, path: str | Path) -> None:

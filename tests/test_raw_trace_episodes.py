@@ -134,3 +134,61 @@ def test_gym_env_plays_chat_trace_windows(chat_trace):
     assert env.episode.scenario is make_scenario("hard", 3, trace_path=str(chat_trace))
     with pytest.raises(FileNotFoundError):
         KVCacheEvictionEnv(trace_path=str(chat_trace) + ".missing")
+
+
+def test_a_relative_trace_path_names_the_file_not_the_string(tmp_path, monkeypatch):
+    rows = chat_trace_rows()
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        scale = 1 if name == "a" else 2  # b's file: the same arrivals, longer answers
+        (tmp_path / name / "t.jsonl").write_text("".join(
+            json.dumps({**r, "output_toks": r["output_toks"] * scale}) + "\n" for r in rows))
+    monkeypatch.chdir(tmp_path / "a")
+    a = make_scenario("hard", 3, trace_path="t.jsonl")
+    assert a.trace_path == str(tmp_path / "a" / "t.jsonl")
+    assert make_scenario("hard", 3, trace_path="./t.jsonl") is a
+    monkeypatch.chdir(tmp_path / "b")
+    b = make_scenario("hard", 3, trace_path="t.jsonl")
+    assert b.trace_path == str(tmp_path / "b" / "t.jsonl") and b.trace != a.trace
+    state = Episode(a).state_dict()
+    assert state["trace_path"] == a.trace_path  # rebuilds from anywhere
+    assert Episode.from_state(state).scenario is a
+
+
+def test_an_edited_trace_file_is_read_again(tmp_path):
+    path = tmp_path / "t.jsonl"
+    rows = chat_trace_rows()
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    before = make_scenario("hard", 3, trace_path=str(path))
+    path.write_text("".join(json.dumps({**r, "output_toks": r["output_toks"] + 7}) + "\n"
+                            for r in rows))
+    make_scenario.cache_clear()
+    after = make_scenario("hard", 3, trace_path=str(path))
+    assert [r.output_toks for r in after.trace.requests] == \
+        [r.output_toks + 7 for r in before.trace.requests]
+
+
+def test_the_system_prefix_is_the_whole_files(tmp_path):
+    """A window with one request must not take its whole prompt for a shared prefix: the
+    system prefix is what every request of the file shares (here 1 block of 16 tokens)."""
+    path = tmp_path / "sparse.jsonl"
+    rows = [{"arrival_s": t, "input_toks": 160, "output_toks": 8,
+             "hash_ids": [0] + [100 * k + j for j in range(1, 10)]}
+            for k, t in enumerate((0.0, 300.0, 600.0))]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    scenario = make_scenario("easy", 0, trace_path=str(path))
+    (request,) = scenario.trace.requests
+    assert request.system_toks == 16
+    alone = Trace((TraceRequest(0.0, 160, 8, hash_ids=request.hash_ids),), 16)
+    assert infer_sessions(alone).requests[0].system_toks == 160  # what the window would say
+
+
+def test_arguments_of_any_numeric_type_share_one_scenario():
+    import numpy as np
+
+    a = make_scenario("easy", np.int64(5), steps=np.int64(15), step_s=1, warmup_s=20)
+    assert make_scenario("easy", 5) is a
+    assert type(a.seed) is int and type(a.step_s) is float
+    json.dumps(Episode(a).state_dict())  # plain JSON types
+    with pytest.raises(TypeError):
+        make_scenario("easy", 1.5)

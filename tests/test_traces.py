@@ -231,3 +231,20 @@ def test_mooncake_loads_fast():
     trace = load_trace(path)
     assert time.perf_counter() - t0 < 1.5  # about 0.3 s on a 2-core box
     assert all(len(r.hash_ids) == -(-r.input_toks // 512) for r in trace.requests)
+
+
+def test_unreadable_empty_and_non_file_traces_name_the_file(tmp_path):
+    import gzip
+
+    plain = b'{"arrival_s": 0, "input_toks": 10, "output_toks": 5}\n'
+    (tmp_path / "z.jsonl").write_bytes(gzip.compress(plain * 3))
+    with pytest.raises(TraceFormatError, match=r"z\.jsonl:1: not UTF-8"):
+        load_trace(tmp_path / "z.jsonl")
+    (tmp_path / "latin.jsonl").write_bytes(plain + b'{"request_id": "caf\xe9"}\n')
+    with pytest.raises(TraceFormatError, match=r"latin\.jsonl:2: not UTF-8"):
+        load_trace(tmp_path / "latin.jsonl")
+    (tmp_path / "header.csv").write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n")
+    with pytest.raises(TraceFormatError, match=r"header\.csv:1: no requests"):
+        load_trace(tmp_path / "header.csv")
+    with pytest.raises(TraceFormatError, match="not a file"):
+        load_trace(tmp_path)
