@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from kv_cache_rl.engine import ActionError
 from kv_cache_rl.observation import Observation, observe
 from kv_cache_rl.rubric import EpisodeRecord, score
-from kv_cache_rl.scenario import Scenario, make_scenario
+from kv_cache_rl.scenario import SCENARIO_OPTIONS, Scenario, make_scenario
 
 ACTION_KINDS = ("evict", "compress", "swap_to_cpu", "keep")
 MAX_CALLS_PER_STEP = 8
@@ -60,8 +60,7 @@ class Episode:
 
     @classmethod
     def from_seed(cls, difficulty: str, seed: int, **kwargs) -> "Episode":
-        scenario_kw = {k: kwargs.pop(k) for k in ("steps", "step_s", "warmup_s", "trace_path",
-                                                  "memory_fraction") if k in kwargs}
+        scenario_kw = {k: kwargs.pop(k) for k in SCENARIO_OPTIONS if k in kwargs}
         return cls(make_scenario(difficulty, seed, **scenario_kw), **kwargs)
 
     @property
@@ -195,8 +194,7 @@ class Episode:
     @classmethod
     def from_state(cls, state: dict) -> "Episode":
         """Rebuild an episode by replaying its calls on its (cached, deterministic) scenario."""
-        options = {k: state[k] for k in ("steps", "step_s", "warmup_s", "trace_path",
-                                         "memory_fraction") if k in state}
+        options = {k: state[k] for k in SCENARIO_OPTIONS if k in state}
         episode = cls(make_scenario(state["difficulty"], state["seed"], **options),
                       max_calls_per_step=state["max_calls_per_step"])
         for k, calls in enumerate(state["calls"]):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -12,7 +11,7 @@ from gymnasium import spaces
 from kv_cache_rl.episode import MAX_CALLS_PER_STEP, Episode
 from kv_cache_rl.features import (ENTRY_FEATURES, GLOBAL_FEATURES, NUM_ENTRY, NUM_GLOBAL,
                                   NUM_SLOTS, OBS_SIZE, cpu_room, encode, slots)
-from kv_cache_rl.scenario import DIFFICULTIES, make_scenario
+from kv_cache_rl.scenario import DIFFICULTIES, make_scenario, trace_file
 
 ACTION_NAMES = ("keep", "evict", "compress", "swap_to_cpu")  # per-slot action codes 0..3
 SEED_LIMIT = 2**31 - 1
@@ -110,9 +109,7 @@ class KVCacheEvictionEnv(gym.Env[np.ndarray, np.ndarray]):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}")
         self.difficulty, self.steps = difficulty, steps
-        if trace_path is not None and not Path(trace_path).is_file():
-            raise FileNotFoundError(f"trace_path {trace_path}: no such file")
-        self.trace_path = None if trace_path is None else str(trace_path)
+        self.trace_path = None if trace_path is None else trace_file(trace_path)
         self.seeds = None if seeds is None else [int(s) for s in seeds]
         self.max_calls_per_step = max_calls_per_step
         self.reward_mode, self.render_mode = reward_mode, render_mode

@@ -26,6 +26,8 @@ DIFFICULTIES = ("easy", "medium", "hard")
 MODEL, GPU = "Llama-3.1-8B", "RTXPRO6000"  # the profile validated against a real vLLM run
 RETENTION_S = 45.0  # Dynamo keeps an agentic session's context 45 s (domain notes)
 SWAP_SPACE_BYTES = 4 << 30  # vLLM's default swap_space: 4 GiB of host memory per GPU
+# make_scenario's keyword arguments: what an episode's state records to rebuild its scenario
+SCENARIO_OPTIONS = ("steps", "step_s", "warmup_s", "trace_path", "memory_fraction")
 
 
 @dataclass(frozen=True)
@@ -168,14 +170,20 @@ def make_scenario(difficulty: str, seed: int, *, steps: int = 15, step_s: float 
     window's peak demand) and changes nothing else: same workload, rate and trace.
     """
     if trace_path is not None:
-        trace_path = Path(trace_path)
-        if not trace_path.is_file():
-            raise FileNotFoundError(f"trace_path {trace_path}: no such file")
-        trace_path = str(trace_path.resolve())  # one cache entry and state whatever the cwd
+        trace_path = trace_file(trace_path)
     # one type per argument, so one cache entry and the same state for 1 and 1.0, int64 and int
     return _build_scenario(difficulty, operator.index(seed), operator.index(steps),
                            float(step_s), float(warmup_s), trace_path,
                            None if memory_fraction is None else float(memory_fraction))
+
+
+def trace_file(path) -> str:
+    """``path`` resolved, as scenarios record it (one cache entry and one state whatever the
+    working directory); FileNotFoundError if it names no file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"trace_path {path}: no such file")
+    return str(path.resolve())
 
 
 def _cache_clear() -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from kv_cache_rl.engine import ActionError
 from kv_cache_rl.episode import ACTION_KINDS, MAX_CALLS_PER_STEP, Episode, parse_call
 from kv_cache_rl.rubric import RUBRIC
-from kv_cache_rl.scenario import DIFFICULTIES
+from kv_cache_rl.scenario import DIFFICULTIES, SCENARIO_OPTIONS, trace_file
 
 DIFFICULTY_CHOICES = ("all", *DIFFICULTIES)
 EXAMPLES_PER_DIFFICULTY = 100  # num_examples=-1: 100 seeds per difficulty (300 for "all")
@@ -95,8 +95,8 @@ class EnvArgs:
             raise ValueError("num_examples must be -1 (all) or >= 1")
         if self.steps < 1 or self.max_calls_per_step < 1:
             raise ValueError("steps and max_calls_per_step must be >= 1")
-        if self.trace_path is not None and not Path(self.trace_path).is_file():
-            raise FileNotFoundError(f"trace_path {self.trace_path}: no such file")
+        if self.trace_path is not None:
+            trace_file(self.trace_path)  # fail now, not at the first task
 
     @property
     def size(self) -> int:
@@ -232,8 +232,9 @@ def plain_state(episode: Episode) -> dict:
 
 
 def _key(state: dict) -> tuple:
-    return (state["difficulty"], state["seed"], state["steps"], state["step_s"],
-            state["warmup_s"], state.get("trace_path"), state.get("memory_fraction"),
+    """What identifies a plain state's scenario and call cap (equal to :func:`_episode_key` of
+    an episode rebuilt from it)."""
+    return (state["difficulty"], state["seed"], *(state.get(k) for k in SCENARIO_OPTIONS),
             state["max_calls_per_step"])
 
 
@@ -254,8 +255,9 @@ def _lag(episode: Episode, state: dict) -> int | None:
 
 def _episode_key(episode: Episode) -> tuple:
     sc = episode.scenario
-    return (sc.difficulty, sc.seed, sc.steps, sc.step_s, sc.warmup_s, sc.trace_path,
-            sc.memory_override, episode.max_calls_per_step)
+    options = sc.options
+    return (sc.difficulty, sc.seed, *(options.get(k) for k in SCENARIO_OPTIONS),
+            episode.max_calls_per_step)
 
 
 def _catch_up(episode: Episode, state: dict) -> Episode:
