@@ -182,7 +182,8 @@ def trace_file(path) -> str:
     working directory); FileNotFoundError if it names no file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"trace_path {path}: no such file")
+        what = "a directory, not a trace file" if path.is_dir() else "no such file"
+        raise FileNotFoundError(f"trace_path {path}: {what}")
     return str(path.resolve())
 
 
