@@ -4,19 +4,22 @@ import sys
 
 __version__ = "0.1.0"
 
-GYM_ENV_ID = "KVCacheEviction-v0"
+GYM_ENV_ID = "KVCacheEviction-v1"  # task version 2 (normalised score, closed-loop sessions)
+GYM_ENV_IDS = (GYM_ENV_ID, "KVCacheEviction-v0")  # v0 still made: the same, current task
 GYM_ENTRY_POINT = "kv_cache_rl.gym_env:KVCacheEvictionEnv"
 
 
 def register_gym_env() -> bool:
-    """Register ``KVCacheEviction-v0`` by entry-point string (the env module is imported only by
-    ``gymnasium.make``). Imports gymnasium; returns False when it is not installed."""
+    """Register ``KVCacheEviction-v1`` (and the old id ``-v0``, which makes the same env) by
+    entry-point string (the env module is imported only by ``gymnasium.make``). Imports
+    gymnasium; returns False when it is not installed."""
     try:
         from gymnasium.envs.registration import register, registry
     except ImportError:
         return False
-    if GYM_ENV_ID not in registry:
-        register(id=GYM_ENV_ID, entry_point=GYM_ENTRY_POINT)
+    for env_id in GYM_ENV_IDS:
+        if env_id not in registry:
+            register(id=env_id, entry_point=GYM_ENTRY_POINT)
     return True
 
 

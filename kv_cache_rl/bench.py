@@ -3,6 +3,13 @@
 Episode ``i`` of a run with ``--seed S`` is scenario ``(difficulty, S + i)`` for every policy,
 so policies are compared on identical episodes. The JSON holds no timings except under
 ``"timing"``, so two runs with the same arguments give identical ``"results"``.
+
+The normalised score puts ``keep`` (vLLM with no agent) at 0 and the hindsight ``oracle`` at 1:
+per tier the ratio of means ``(mean R - mean R_keep) / (mean R_oracle - mean R_keep)``, and
+per episode ``(R - R_keep) / max(R_oracle - R_keep, 0.02)`` (the verifiers metric). Every
+episode a policy plays is memoised on its scenario, so the oracle, which takes the best of
+every policy's episode and its own search, does not play them again (its ms/ep counts only
+its own search).
 """
 
 from __future__ import annotations
@@ -15,7 +22,8 @@ from kv_cache_rl.episode import Episode
 from kv_cache_rl.policies import POLICIES, make_policy
 from kv_cache_rl.rubric import REWARD_RANGE, RUBRIC
 from kv_cache_rl.runner import play
-from kv_cache_rl.scenario import DIFFICULTIES, make_scenario, memory_fraction_for
+from kv_cache_rl.policies.oracle import remember
+from kv_cache_rl.scenario import DIFFICULTIES, TASK_VERSION, make_scenario, memory_fraction_for
 
 DEFAULT_POLICIES = tuple(POLICIES)
 COMPONENTS = tuple(fn.__name__ for fn, _ in RUBRIC)
@@ -47,7 +55,7 @@ class Cell:
 
 
 def run(difficulties=DIFFICULTIES, episodes: int = 5, seed: int = 0,
-        policies=DEFAULT_POLICIES, *, steps: int = 15, memory_fraction=None,
+        policies=DEFAULT_POLICIES, *, steps: int = 20, memory_fraction=None,
         trace_path: str | None = None, progress=None) -> list[Cell]:
     """Play every policy on ``episodes`` scenarios of each difficulty.
 
@@ -70,6 +78,7 @@ def run(difficulties=DIFFICULTIES, episodes: int = 5, seed: int = 0,
                 start = time.perf_counter()
                 episode: Episode = play(scenario, make_policy(name))
                 cell.seconds.append(time.perf_counter() - start)
+                scenario.plays.setdefault((name, episode.max_calls_per_step), remember(episode))
                 cell.scores.append(episode.score())
                 if i == 0:
                     cell.usage_trace = list(episode.record.step_usage)
@@ -79,12 +88,30 @@ def run(difficulties=DIFFICULTIES, episodes: int = 5, seed: int = 0,
     return cells
 
 
+EPISODE_FLOOR = 0.02  # per-episode normalisation: oracle - keep is at least this much
+
+
 def normalized(cells: list[Cell], cell: Cell) -> float | None:
-    """(policy - keep) / (lookahead - keep) on the same difficulty, when both were run."""
+    """(policy - keep) / (oracle - keep), ratio of means on the same difficulty, when both
+    were run."""
     ref = {c.policy: c.mean("reward") for c in cells if c.difficulty == cell.difficulty}
-    if "keep" not in ref or "lookahead" not in ref or ref["lookahead"] - ref["keep"] <= 1e-9:
+    if "keep" not in ref or "oracle" not in ref or ref["oracle"] - ref["keep"] <= 1e-9:
         return None
-    return (cell.mean("reward") - ref["keep"]) / (ref["lookahead"] - ref["keep"])
+    return (cell.mean("reward") - ref["keep"]) / (ref["oracle"] - ref["keep"])
+
+
+def normalized_episodes(cells: list[Cell], cell: Cell) -> list[float] | None:
+    """Per episode (R - R_keep) / max(R_oracle - R_keep, 0.02), when keep and oracle ran."""
+    ref = {c.policy: c for c in cells if c.difficulty == cell.difficulty}
+    if "keep" not in ref or "oracle" not in ref:
+        return None
+    return [normalize(s["reward"], k["reward"], o["reward"]) for s, k, o in
+            zip(cell.scores, ref["keep"].scores, ref["oracle"].scores)]
+
+
+def normalize(reward: float, keep: float, oracle: float) -> float:
+    """One episode's normalised score: keep 0, oracle 1."""
+    return (reward - keep) / max(oracle - keep, EPISODE_FLOOR)
 
 
 def to_json(cells: list[Cell], *, seed: int, episodes: int, memory_fraction=None,
@@ -92,6 +119,7 @@ def to_json(cells: list[Cell], *, seed: int, episodes: int, memory_fraction=None
     results = []
     for c in cells:
         norm = normalized(cells, c)
+        per_episode = normalized_episodes(cells, c)
         results.append({
             "policy": c.policy, "difficulty": c.difficulty, "episodes": len(c.scores),
             "reward_mean": round(c.mean("reward"), 6), "reward_std": round(c.std("reward"), 6),
@@ -99,12 +127,15 @@ def to_json(cells: list[Cell], *, seed: int, episodes: int, memory_fraction=None
             "normalized_score": None if norm is None else round(norm, 6),
             "components": {k: round(c.mean(k), 6) for k in COMPONENTS},
             "rewards": [round(x["reward"], 6) for x in c.scores],  # per episode, seed order
+            "normalized_scores": None if per_episode is None
+            else [round(x, 6) for x in per_episode],
         })
     timing = {f"{c.policy}/{c.difficulty}": {"ms_per_episode_mean":
                                              round(1000 * sum(c.seconds) / len(c.seconds), 3),
                                              "ms_per_episode_max": round(1000 * max(c.seconds), 3)}
               for c in cells}
-    out = {"seed": seed, "episodes": episodes, "results": results, "timing": timing}
+    out = {"task_version": TASK_VERSION, "seed": seed, "episodes": episodes,
+           "results": results, "timing": timing}
     if memory_fraction is not None:
         out["memory_fraction"] = memory_fraction
     if trace_path is not None:

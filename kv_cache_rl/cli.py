@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=3, help="episodes per policy and difficulty")
     p.add_argument("--seed", type=int, default=0, help="episode i uses scenario seed S + i")
     p.add_argument("--policies", help="comma-separated registry names (default: all)")
-    p.add_argument("--steps", type=int, default=15, help="decision steps per episode")
+    p.add_argument("--steps", type=int, default=20, help="decision steps per episode")
     p.add_argument("--json", metavar="PATH", help="write results as JSON")
     p.add_argument("--plot", metavar="DIR", help="write leaderboard and memory-usage PNGs")
     p.add_argument("--memory-fraction", metavar="F|LO:HI",

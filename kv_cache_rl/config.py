@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 GIB = 1 << 30
+REQUEST_TYPES = ("chat", "code", "reasoning")  # applications with different KV-quantization risk
 
 
 def _positive(obj: object, *names: str) -> None:
@@ -81,6 +82,8 @@ class PrecisionTier:
     quality_cost: float
     attention_factor: float
     source: str = ""
+    # P(an answer decoded on KV at this tier is wrong), per REQUEST_TYPES; None: quality_cost
+    wrong_answer: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.bytes_factor <= 1:
@@ -88,6 +91,16 @@ class PrecisionTier:
         if not 0 <= self.quality_cost <= 1:
             raise ValueError(f"quality_cost must be in [0, 1], got {self.quality_cost}")
         _positive(self, "attention_factor")
+        if self.wrong_answer is not None and (len(self.wrong_answer) != len(REQUEST_TYPES) or
+                                              not all(0 <= p <= 1 for p in self.wrong_answer)):
+            raise ValueError(f"wrong_answer needs {len(REQUEST_TYPES)} probabilities, got "
+                             f"{self.wrong_answer!r}")
+
+    def wrong_answer_p(self, request_type: int) -> float:
+        """P(wrong answer) for a request of type index ``request_type`` decoded at this tier."""
+        if self.wrong_answer is None:
+            return self.quality_cost
+        return self.wrong_answer[request_type]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,6 +120,13 @@ class EngineConfig:
     num_cpu_blocks: int = 0
     retention_s: float = 0.0
     max_model_len: int = 131072
+    closed_loop: bool = False  # release a session's next turn when the previous one finishes
+    # retained KV is released (least recently used first) before a running request would be
+    # preempted for a block (Dynamo: retention is a priority, not a reservation)
+    retention_yields: bool = False
+    # the KV precision a request starts at, per REQUEST_TYPES (0 fp16, 1 fp8/int8): the
+    # deployment's kv_cache_dtype as an operator sets it per traffic class
+    default_tiers: tuple[int, ...] = (0, 0, 0)
 
     def __post_init__(self) -> None:
         _positive(self, "num_gpu_blocks", "block_size", "max_num_seqs", "max_num_batched_tokens",
@@ -128,8 +148,14 @@ class TraceRequest:
 
     ``hash_ids`` name the prompt's prefix blocks, each covering ``Trace.hash_block_tokens``
     tokens (Mooncake: 512); equal ids mean an equal prefix, so their KV can be shared.
-    The agentic fields (``session_id`` ... ``ephemeral``) are set by generated episodes; a plain
-    trace leaves them at their defaults.
+    The agentic fields (``session_id`` ... ``after_s``) are set by generated episodes; a plain
+    trace leaves them at their defaults. ``next_turn_s`` is the future (what an oracle may
+    read, never an observation); ``request_type``, ``turn``, ``past_pause_s`` and ``tool`` are
+    what a server knows about the session (its application, its history, the call in flight).
+
+    Closed loop (``EngineConfig.closed_loop``): a request with ``after >= 0`` is released
+    ``after_s`` seconds after request ``after`` (an index into the trace) finishes, instead of
+    at ``arrival_s`` (then only the open-loop estimate). A late turn comes back late.
     """
 
     arrival_s: float
@@ -143,6 +169,12 @@ class TraceRequest:
     priority: int = 0  # 0 normal, 1 high
     ephemeral: bool = False  # sub-agent work whose KV dies after its turn
     next_turn_s: float = -1.0  # pause until the session's next turn (-1: none); the future
+    request_type: str = "chat"  # the application: chat, code or reasoning (quality risk)
+    turn: int = 0  # turns of its session before this one
+    past_pause_s: float = -1.0  # mean pause between the session's earlier turns (-1: none)
+    tool: str = ""  # what the session waits on when this turn ends ("user", a tool, "" unknown)
+    after: int = -1  # closed loop: the request whose finish releases this one
+    after_s: float = 0.0  # closed loop: seconds from that finish to this request's arrival
 
     def __post_init__(self) -> None:
         if self.arrival_s < 0 or self.input_toks < 1 or self.output_toks < 1:
@@ -150,6 +182,9 @@ class TraceRequest:
                 f"bad request {self.request_id!r}: arrival_s >= 0, input_toks >= 1 and "
                 f"output_toks >= 1 required, got {self.arrival_s}, {self.input_toks}, "
                 f"{self.output_toks}")
+        if self.request_type not in REQUEST_TYPES:
+            raise ValueError(f"bad request {self.request_id!r}: request_type must be one of "
+                             f"{', '.join(REQUEST_TYPES)}, got {self.request_type!r}")
 
 
 @dataclass(frozen=True)

@@ -50,12 +50,12 @@ class Episode:
         self.step_index = 0
         self.calls_this_step = 0
         self.record = EpisodeRecord(scenario.difficulty, scenario.seed, scenario.steps,
-                                    reference_tokens=scenario.reference_tokens)
+                                    step_s=scenario.step_s,
+                                    reference_tokens=scenario.reference_tokens,
+                                    reference_hit_rate=scenario.reference_hit_rate)
         self.history: list[list[str]] = [[]]  # actions applied, per step
         self.calls: list[list[list]] = [[]]  # every call received, per step: [name, arguments]
-        stats = self.engine.stats
-        self._start = (stats.generated_tokens, stats.quality_loss, stats.preemptions,
-                       stats.evicted_active, stats.swap_latency_s)
+        self._start = self._counters()
         self._above = 0
 
     @classmethod
@@ -97,12 +97,13 @@ class Episode:
         entry = self.observation.visible[action.seq_id]
         if action.kind == "evict":
             kind, tokens, session = seq.kind, seq.kv_tokens, seq.session_id
+            turn = seq.req.turn if seq.req is not None else 0
             freed = engine.evict(action.seq_id)
             self.record.evictions.append({
-                "kind": kind, "tokens": tokens, "session": session, "time_s": engine.now,
-                "risky": kind == "system" or entry.priority > 0
+                "kind": kind, "tokens": tokens, "session": session, "turn": turn,
+                "time_s": engine.now, "risky": kind == "system" or entry.priority > 0
                 or (kind == "generation" and entry.progress > 0.5), "reused": False})
-            message = f"ok: evicted {action.seq_id} ({kind}), {freed} blocks freed"
+            message = f"ok: evicted {action.seq_id} ({kind}), {freed:g} blocks freed"
         elif action.kind == "compress":
             units = engine.compress(action.seq_id)
             message = (f"ok: compressed {action.seq_id} to {engine.profile.tiers[seq.tier].name}"
@@ -129,46 +130,66 @@ class Episode:
             return f"error: {exc}"
 
     # ---- time ---------------------------------------------------------------------------
+    def _counters(self) -> tuple:
+        s = self.engine.stats
+        return (s.generated_tokens, s.quality_loss, s.preemptions, s.evicted_active,
+                s.swap_latency_s, s.wrong_answers, s.memory_blocked_s, s.cached_prompt_tokens,
+                s.prompt_tokens)
+
     def advance(self) -> Observation:
         """Serve one step; return the next observation."""
         if self.done:
             raise EpisodeError("the episode is over")
-        engine, stats, record = self.engine, self.engine.stats, self.record
-        before = stats.preemptions + stats.evicted_active
+        engine, record = self.engine, self.record
+        failures_before = record.failures
+        blocked_before = engine.stats.memory_blocked_s
         waiting_before = len(engine.waiting)
         self.step_index += 1
         engine.run_until(self.scenario.warmup_s + self.step_index * self.scenario.step_s)
         usage = round(engine.pool.usage, 4)
         record.step_usage.append(usage)
-        record.step_failures.append(stats.preemptions + stats.evicted_active - before)
         if usage > 0.95:
             self._above += 1
-        gen0, q0, p0, e0, s0 = self._start
-        record.tokens_served = (stats.generated_tokens - gen0) - (stats.quality_loss - q0)
-        record.preemptions = stats.preemptions - p0
-        record.evicted_active = stats.evicted_active - e0
-        record.swap_latency_s = stats.swap_latency_s - s0
+        now = self._counters()
+        gen, loss, pre, evicted, swap, wrong, _, cached, prompt = (
+            a - b for a, b in zip(now, self._start))
+        record.tokens_served = round(gen - loss, 6)
+        record.preemptions, record.evicted_active = pre, evicted
+        record.swap_latency_s = swap
+        record.wrong_answers = round(wrong, 6)
+        record.cached_prompt_tokens, record.prompt_tokens = cached, prompt
         self.calls_this_step = 0
         if self.done:
-            self._settle_evictions()
-        else:
+            self._settle()
+        record.step_failures.append(round(record.failures - failures_before, 6))
+        record.step_blocked_s.append(round(engine.stats.memory_blocked_s - blocked_before, 6))
+        if not self.done:
             self.history.append([])
             self.calls.append([])
         self.observation = self._observe(waiting_before)
         return self.observation
 
-    def _settle_evictions(self) -> None:
-        """Decide, from what really came later in the window, which evictions lost value."""
-        requests = self.scenario.trace.requests
-        end = self.scenario.end_s
+    def _settle(self) -> None:
+        """At the end, from what the trace holds after it: which evictions lost value, and the
+        expected wrong answers of quantized KV still held (generations that will finish on it,
+        contexts a returning session will read, a compressed system prompt every later
+        request reads)."""
+        sc, engine = self.scenario, self.engine
+        requests = sc.trace.requests
+        horizon = requests[-1].arrival_s if requests else sc.end_s
         for e in self.record.evictions:
             if e["kind"] == "generation":
                 e["reused"] = True  # an aborted request always recomputes
             elif e["kind"] == "system":
-                e["reused"] = any(e["time_s"] < r.arrival_s <= end for r in requests)
+                e["reused"] = any(e["time_s"] < r.arrival_s <= horizon for r in requests)
             elif e["kind"] == "context":
-                e["reused"] = any(r.session_id == e["session"] and e["time_s"] < r.arrival_s <= end
-                                  for r in requests)
+                last = sc.last_turn.get(e["session"], -1)
+                e["reused"] = last > e["turn"] or any(  # no turn numbers (a raw trace): times
+                    r.session_id == e["session"] and e["time_s"] < r.arrival_s <= horizon
+                    for r in requests if r.turn == 0 and last == 0)
+        later = sum(1 for r in requests if r.arrival_s > engine.now)
+        self.record.wrong_answers = round(self.record.wrong_answers + engine.pending_wrong_answers(
+            sc.last_turn, later), 6)
 
     def score(self) -> dict[str, float]:
         """The rubric's values and the weighted reward (complete once :attr:`done`)."""

@@ -1,4 +1,5 @@
-"""The Gymnasium environment ``KVCacheEviction-v0`` (registered on ``import kv_cache_rl``)."""
+"""The Gymnasium environment ``KVCacheEviction-v1`` (registered on ``import kv_cache_rl``; the
+old id ``KVCacheEviction-v0`` makes the same env)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ class KVCacheEvictionEnv(gym.Env[np.ndarray, np.ndarray]):
     ## Description
 
     A vLLM-faithful serving simulator (Llama-3.1-8B on an RTX PRO 6000) serves a window of an
-    agentic request trace with too little KV-cache memory. Every step is ``step_s`` = 1 s of
+    closed-loop agentic request trace with too little KV-cache memory. Every step is
+    ``step_s`` = 3 s of
     serving; before it the agent may evict, compress (one precision tier) or swap to host
     memory any of the visible cached sequences. The scenario is fixed by
     ``(difficulty, scenario_seed)`` (:func:`kv_cache_rl.scenario.make_scenario`); every step is
@@ -40,9 +42,12 @@ class KVCacheEvictionEnv(gym.Env[np.ndarray, np.ndarray]):
 
     Non-keep codes are applied in slot order, at most ``max_calls_per_step`` (8) of them; codes
     on empty slots and codes past the cap are ignored (counted in ``info["ignored"]``). A code
-    the simulator refuses (compress at int4, swap with no room) is a no-op counted as an
-    invalid action. ``info["action_mask"]`` (12 x 4, bool) marks the codes that would be
-    accepted.
+    outside 0..3 raises ValueError naming the slot and the code. ``info["action_mask"]``
+    (12 x 4, bool) marks the codes that the simulator accepts on their own: a single allowed
+    code is always applied. With several codes in one step, an earlier one can make a later
+    one impossible: swaps share the host's free space, so a later ``swap_to_cpu`` past it is
+    refused (a no-op counted in ``info["refused"]`` and as an invalid action); nothing else
+    in the mask depends on another slot's action.
 
     ## Observation Space
 
@@ -64,8 +69,8 @@ class KVCacheEvictionEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Rewards
 
-    The episode's return is exactly its rubric reward (:func:`kv_cache_rl.rubric.score`, about
-    -0.62 .. +0.49). With ``reward_mode="shaped"`` (default) step t pays
+    The episode's return is exactly its rubric reward (:func:`kv_cache_rl.rubric.score`,
+    -0.679 .. +0.550). With ``reward_mode="shaped"`` (default) step t pays
     ``R(record after t steps) - R(record after t-1 steps)`` with ``R(nothing) = 0``, the rubric
     applied to the partial record (evictions are judged at the end, so the last step carries
     the eviction-quality correction); the rewards telescope to the final score. With
@@ -77,12 +82,12 @@ class KVCacheEvictionEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Episode End
 
-    Terminated after ``steps`` (15) steps; never truncated.
+    Terminated after ``steps`` (20) steps; never truncated.
 
     ## Arguments
 
     ```python
-    gymnasium.make("KVCacheEviction-v0", difficulty="hard", seeds=None, steps=15,
+    gymnasium.make("KVCacheEviction-v1", difficulty="hard", seeds=None, steps=20,
                    max_calls_per_step=8, reward_mode="shaped", render_mode=None,
                    trace_path=None)
     ```
@@ -99,7 +104,7 @@ class KVCacheEvictionEnv(gym.Env[np.ndarray, np.ndarray]):
 
     metadata = {"render_modes": ["ansi"], "render_fps": 1}
 
-    def __init__(self, difficulty: str = "hard", seeds=None, steps: int = 15,
+    def __init__(self, difficulty: str = "hard", seeds=None, steps: int = 20,
                  max_calls_per_step: int = MAX_CALLS_PER_STEP, reward_mode: str = "shaped",
                  render_mode: str | None = None, trace_path: str | None = None):
         if difficulty not in DIFFICULTIES:
@@ -141,14 +146,21 @@ class KVCacheEvictionEnv(gym.Env[np.ndarray, np.ndarray]):
         action = np.asarray(action).reshape(-1)
         if action.shape != (NUM_SLOTS,):
             raise ValueError(f"expected {NUM_SLOTS} action codes, got shape {action.shape}")
-        episode, ignored = self.episode, 0
-        for slot, code in enumerate(action.tolist()):
+        codes = action.tolist()
+        for slot, code in enumerate(codes):
+            if isinstance(code, bool) or not isinstance(code, int) \
+                    or not 0 <= code < len(ACTION_NAMES):
+                raise ValueError(f"action slot {slot}: code {code!r} is not one of "
+                                 f"0..{len(ACTION_NAMES) - 1} ({', '.join(ACTION_NAMES)})")
+        episode, ignored, refused = self.episode, 0, 0
+        for slot, code in enumerate(codes):
             if code == 0:
                 continue
             if slot >= len(self._slots) or episode.calls_this_step >= self.max_calls_per_step:
                 ignored += 1
                 continue
-            episode.call(ACTION_NAMES[code], {"seq_id": self._slots[slot].seq_id})
+            result = episode.call(ACTION_NAMES[code], {"seq_id": self._slots[slot].seq_id})
+            refused += result.startswith("error")
         episode.advance()
         terminated = episode.done
         score = episode.score()
@@ -157,10 +169,11 @@ class KVCacheEvictionEnv(gym.Env[np.ndarray, np.ndarray]):
             self._last_score = score["reward"]
         else:
             reward = score["reward"] if terminated else 0.0
-        info = self._info(ignored=ignored)
+        obs = self._obs()  # first: the slots, ids and mask below are the new observation's
+        info = self._info(ignored=ignored, refused=refused)
         if terminated:
             info["score"] = score
-        return self._obs(), float(reward), terminated, False, info
+        return obs, float(reward), terminated, False, info
 
     def render(self):
         if self.render_mode == "ansi" and self.episode is not None:
@@ -173,7 +186,7 @@ class KVCacheEvictionEnv(gym.Env[np.ndarray, np.ndarray]):
         self._slots = slots(obs)
         return encode(obs)
 
-    def _info(self, *, ignored: int) -> dict[str, Any]:
+    def _info(self, *, ignored: int, refused: int = 0) -> dict[str, Any]:
         obs = self.episode.observation
         ids = np.full(NUM_SLOTS, -1, dtype=np.int64)
         mask = np.zeros((NUM_SLOTS, len(ACTION_NAMES)), dtype=bool)
@@ -185,7 +198,8 @@ class KVCacheEvictionEnv(gym.Env[np.ndarray, np.ndarray]):
             mask[i, 2] = not e.on_cpu and e.tier < 2
             mask[i, 3] = not e.on_cpu and 0 < e.blocks <= room
         return {"scenario_seed": self.episode.scenario.seed, "step": self.episode.step_index,
-                "seq_ids": ids, "action_mask": mask, "ignored": ignored}
+                "seq_ids": ids, "action_mask": mask, "ignored": ignored,
+                "refused": refused}
 
 
 def actions_to_codes(obs, actions) -> np.ndarray:

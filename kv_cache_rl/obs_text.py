@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import re
 
-from kv_cache_rl.observation import KIND_ORDER, TIER_NAMES, Entry, Observation
+from kv_cache_rl.config import REQUEST_TYPES
+from kv_cache_rl.observation import (COLUMNS, KIND_ORDER, TIER_NAMES, Entry, Observation,
+                                     eviction_value)
 
 _HEAD = re.compile(
     r"step (?P<step>\d+)/(?P<total>\d+) \| episode_remaining (?P<remaining>-?\d+)"
@@ -23,7 +25,7 @@ _PENDING = re.compile(
     r"(?P<cpu_total>\d+) blocks$")
 _KIND = re.compile(r"(?P<kind>[a-z]+) (?P<count>\d+)(?: \((?P<z>\d+) compressed\))?"
                    r"(?: \((?P<s>\d+) on cpu\))?$")
-_MEMORY_HEADER = "top_memory_entries (id kind tokens blocks tier loc prio progress idle_s value):"
+_MEMORY_HEADER = f"top_memory_entries ({COLUMNS}):"
 _CANDIDATE_HEADER = "top_eviction_candidates (safest first, same columns):"
 # one observation block, from its first line to its visible ids (for finding it in a message)
 _BLOCK = re.compile(r"^step \d+/\d+ \| episode_remaining .*?^visible_seq_ids: \[[^\]\n]*\]$",
@@ -36,16 +38,20 @@ class ObservationTextError(ValueError):
 
 def _entry(line: str) -> Entry:
     parts = line.split()
-    if len(parts) != 10 or not line.startswith("  "):
+    if len(parts) != 14 or not line.startswith("  "):
         raise ObservationTextError(f"bad entry row {line!r}")
-    seq_id, kind, tokens, blocks, tier, loc, prio, progress, idle, value = parts
+    (seq_id, kind, rtype, session, turns, tool, tokens, blocks, tier, loc, prio, progress, idle,
+     pause) = parts
     if kind not in KIND_ORDER or tier not in TIER_NAMES or loc not in ("gpu", "cpu") \
-            or prio not in ("high", "normal"):
+            or prio not in ("high", "normal") or rtype not in REQUEST_TYPES:
         raise ObservationTextError(f"bad entry row {line!r}")
     return Entry(seq_id=int(seq_id), kind=kind, tokens=int(tokens), blocks=float(blocks),
                  tier=TIER_NAMES.index(tier), on_cpu=loc == "cpu",
                  priority=1 if prio == "high" else 0, progress=float(progress),
-                 idle_s=float(idle), eviction_value=float(value))
+                 idle_s=float(idle),
+                 eviction_value=eviction_value(kind, prio == "high", float(progress), float(idle)),
+                 session=-1 if session == "-" else int(session), request_type=rtype,
+                 turns=int(turns), tool=tool, pause_s=-1.0 if pause == "-" else float(pause))
 
 
 def _overview(text: str) -> dict:

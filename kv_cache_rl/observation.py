@@ -1,5 +1,11 @@
 """What the agent sees: a compact summary of the cache, built only from what an operator could
-know now (sizes, kinds, precision, location, priority, progress, idle time), never the future.
+know now (sizes, kinds, precision, location, priority, progress, idle time, and per session its
+request type, turns so far, mean past pause and the call it waits on), never the future.
+
+``Entry.blocks`` is exactly what evicting the entry frees on the GPU (its blocks no other
+sequence holds, in fp16-equivalent blocks) and what swapping it moves; compressing it frees at
+most half of that (its own blocks above the lowest tier; the shared system prompt shrinks
+whole).
 
 The same :class:`Observation` renders the text given to LLM agents (every adapter shows the
 same text) and the fixed-size arrays of the Gymnasium env.
@@ -8,10 +14,13 @@ same text) and the fixed-size arrays of the Gymnasium env.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from operator import attrgetter
+from functools import partial
+from itertools import compress as select
+from operator import attrgetter, eq
 from typing import NamedTuple
 
 from kv_cache_rl.engine import UNITS_PER_BLOCK, Sequence, State
+from kv_cache_rl.engine.block_pool import gather
 from kv_cache_rl.engine.sequence import count_units
 
 TIER_NAMES = ("fp16", "int8", "int4")
@@ -30,13 +39,18 @@ class Entry(NamedTuple):  # immutable; a tuple because observations build a doze
     seq_id: int
     kind: str
     tokens: int
-    blocks: float  # fp16-equivalent GPU blocks it holds alone (what evicting it frees)
+    blocks: float  # fp16-equivalent GPU blocks it holds alone (exactly what evicting it frees)
     tier: int
     on_cpu: bool
     priority: int
     progress: float  # generated / requested tokens (generation), else 1.0
-    idle_s: float
+    idle_s: float  # seconds since it last ran (a context: since its turn ended)
     eviction_value: float
+    session: int = -1  # its session (-1: none, e.g. the system prompt or a sub-agent)
+    request_type: str = "chat"  # the session's application: chat, code or reasoning
+    turns: int = 0  # turns the session has completed so far
+    tool: str = "-"  # what a context's session waits on: "user", a tool name, or "-"
+    pause_s: float = -1.0  # mean pause between the session's earlier turns (-1: none yet)
 
     @property
     def location(self) -> str:
@@ -60,6 +74,7 @@ _FIXED_VALUE = tuple({kind: eviction_value(kind, high, 1.0, 0.0) for kind in KIN
                       if kind not in ("context", "generation")} for high in (0, 1))
 _RUNNING, _SWAPPED = State.RUNNING, State.SWAPPED
 _num_tokens, _arrival_s = attrgetter("num_tokens"), attrgetter("arrival_s")
+_one = partial(eq, 1)
 
 
 def _ranked(seq: Sequence, now: float, units_of: list[int], block_size: int) -> tuple:
@@ -79,13 +94,30 @@ def _ranked(seq: Sequence, now: float, units_of: list[int], block_size: int) -> 
     return own_units, value, seq
 
 
-def _entry(row: tuple, now: float) -> Entry:
-    own_units, value, seq = row
+def _entry(row: tuple, now: float, ref: list[int], units_of: list[int]) -> Entry:
+    _, value, seq = row
     progress = seq.num_output / seq.max_output if seq.kind == "generation" and seq.max_output \
         else 1.0
     idle = 0.0 if seq.state is _RUNNING else max(0.0, now - seq.last_active_s)
-    return Entry(seq.seq_id, seq.kind, seq.kv_tokens, own_units / UNITS_PER_BLOCK, seq.tier,
-                 seq.state is _SWAPPED, seq.priority, round(progress, 3), round(idle, 1), value)
+    blocks = seq.blocks
+    if seq.state is _SWAPPED or not blocks:
+        freed = 0
+    else:  # exactly what evicting it frees: the blocks no other sequence references
+        freed = sum(select(gather(units_of, blocks), map(_one, gather(ref, blocks))))
+    req = seq.req
+    if req is None:
+        session, rtype, turns, tool, pause = -1, "chat", 0, "-", -1.0
+    else:
+        session, rtype = seq.session_id, req.request_type
+        turns = req.turn + (seq.kind != "generation")  # a holder's turn has ended
+        tool = (req.tool or "-") if seq.kind == "context" else "-"
+        pause = req.past_pause_s if session >= 0 else -1.0
+    progress, idle = round(progress, 3), round(idle, 1)
+    # the value as the text's reader computes it (from the rounded columns it shows)
+    value = eviction_value(seq.kind, seq.priority, progress, idle)
+    return Entry(seq.seq_id, seq.kind, seq.kv_tokens, freed / UNITS_PER_BLOCK, seq.tier,
+                 seq.state is _SWAPPED, seq.priority, progress, idle, value,
+                 session, rtype, turns, tool, round(pause, 1))
 
 
 @dataclass(frozen=True)
@@ -122,9 +154,9 @@ class Observation:
         return parse_observation(text)
 
     def text(self) -> str:
-        """The observation as shown to language-model agents (well under 600 tokens). Lossless:
-        every number is printed at the precision it is stored with, so
-        ``Observation.from_text(obs.text()) == obs``."""
+        """The observation as shown to language-model agents (under 600 tokens). Lossless:
+        every number is printed at the precision it is stored with, and ``eviction_value`` is
+        a function of the printed columns, so ``Observation.from_text(obs.text()) == obs``."""
         ov = ", ".join(f"{k} {c}" + (f" ({z} compressed)" if z else "") +
                        (f" ({s} on cpu)" if s else "") for k, (c, z, s) in self.overview.items()
                        if c)
@@ -138,7 +170,7 @@ class Observation:
             f"{self.oldest_wait_s:.1f}s) | running {self.running} | cpu swap "
             f"{_num(self.cpu_used_blocks)}/{self.cpu_total_blocks} blocks",
             f"cache_overview: {ov or 'empty'}",
-            "top_memory_entries (id kind tokens blocks tier loc prio progress idle_s value):",
+            f"top_memory_entries ({COLUMNS}):",
             *(_row(e) for e in self.top_memory),
             "top_eviction_candidates (safest first, same columns):",
             *(_row(e) for e in self.top_candidates),
@@ -147,10 +179,14 @@ class Observation:
         return "\n".join(lines)
 
 
+COLUMNS = "id kind type session turns waits tokens blocks tier loc prio progress idle_s pause_s"
+
+
 def _row(e: Entry) -> str:
-    return (f"  {e.seq_id} {e.kind} {e.tokens} {_num(e.blocks)} {TIER_NAMES[e.tier]} "
+    return (f"  {e.seq_id} {e.kind} {e.request_type} {e.session if e.session >= 0 else '-'} "
+            f"{e.turns} {e.tool} {e.tokens} {_num(e.blocks)} {TIER_NAMES[e.tier]} "
             f"{e.location} {'high' if e.priority else 'normal'} {e.progress:.3f} "
-            f"{_num(e.idle_s)} {e.eviction_value:.3f}")
+            f"{_num(e.idle_s)} {_num(e.pause_s) if e.pause_s >= 0 else '-'}")
 
 
 def _num(x: float) -> str:
@@ -178,10 +214,11 @@ def observe(engine, *, step: int, steps_total: int, above: int, last_pending: in
     by_memory.sort()  # a few dozen rows: a C sort beats heapq.nsmallest's Python loop
     by_value.sort()
     entries = {}  # a sequence listed in both tables is described once
+    ref = engine.pool.ref
     for k in by_memory[:TOP_K]:
-        entries[k[1]] = _entry(k[2], now)
+        entries[k[1]] = _entry(k[2], now, ref, units_of)
     top_memory = list(entries.values())
-    candidates = [entries.get(k[2]) or _entry(k[3], now) for k in by_value[:TOP_K]]
+    candidates = [entries.get(k[2]) or _entry(k[3], now, ref, units_of) for k in by_value[:TOP_K]]
     waiting = engine.waiting
     return Observation(
         step=step, steps_total=steps_total, memory_usage=round(engine.pool.usage, 4),

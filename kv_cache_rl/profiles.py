@@ -82,7 +82,10 @@ def gpu_spec(name: str) -> GPUSpec:
 def precision_tiers() -> tuple[PrecisionTier, ...]:
     """(fp16, int8, int4), in that order."""
     fields = ("name", "bytes_factor", "quality_cost", "attention_factor", "source")
-    return tuple(PrecisionTier(**{f: t[f] for f in fields}) for t in _json("tiers.json")["tiers"])
+    return tuple(PrecisionTier(**{f: t[f] for f in fields},
+                               wrong_answer=tuple(t["wrong_answer"]) if "wrong_answer" in t
+                               else None)
+                 for t in _json("tiers.json")["tiers"])
 
 
 def activation_reserve_bytes(model: ModelSpec, max_num_batched_tokens: int = 2048) -> float:

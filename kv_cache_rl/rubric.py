@@ -1,26 +1,30 @@
-"""The episode's reward: the seed design's weighted functions, in real units.
+"""The episode's reward: the seed design's seven weighted functions, in units an operator signs.
 
 Every function is pure: it reads an :class:`EpisodeRecord` (plain data, JSON round-trip) and
-returns a float. Sign convention, decided once: **rewards are >= 0, penalties are <= 0, and
-every weight is positive**, so the total is ``sum(weight * value)``. Ranges:
+returns a float in [-1, 1]. Sign convention, decided once: **rewards are >= 0, penalties are
+<= 0, and every weight is positive**, so the total is ``sum(weight * value)``.
 
-| function | weight | range |
-|---|---|---|
-| failure_penalty | 0.40 | [-1, 0] |
-| throughput_reward | 0.25 | [0, 1] |
-| headroom_bonus | 0.18 | [-1, 1] |
-| memory_efficiency | 0.07 | [-0.2, 0.2] |
-| eviction_quality | 0.05 | [0, 1] |
-| latency_penalty | 0.03 | [-0.3, 0] |
-| risky_eviction_penalty | 0.02 | [-1, 0] |
-| total | | [-0.623, 0.494] |
+| function | weight | unit | range |
+|---|---|---|---|
+| failure_penalty | 0.40 | failed requests: preemptions, aborted generations, expected wrong answers | [-1, 0] |
+| throughput_reward | 0.25 | goodput: expected correct tokens / the unlimited-memory run's tokens | [0, 1] |
+| headroom_bonus | 0.18 | share of time arriving work could start (not waiting for KV memory) | [-1, 1] |
+| memory_efficiency | 0.07 | prefix-cache hit rate relative to the unlimited-memory run's | [-1, 1] |
+| eviction_quality | 0.05 | share of evicted tokens that were not needed again | [0, 1] |
+| latency_penalty | 0.03 | host-link seconds spent swapping | [-0.3, 0] |
+| risky_eviction_penalty | 0.02 | evictions of system, high-priority or over-half-done entries | [-1, 0] |
+| total | | | [-0.679, 0.550] |
+
+Failures are the ones the agent's choices cause or fail to prevent: vLLM's recompute
+preemptions (the pool ran out of blocks), generations an agent aborted by evicting them, and
+the expected wrong answers of requests decoded on quantized KV (``PrecisionTier.wrong_answer``
+by request type: fp8 KV costs a chat answer nothing, a long reasoning answer 19.5%), counting
+quantized KV still held at the end that a returning session will read.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-
-OVERFLOW_USAGE = 0.999  # a step that ends with the pool full counts as overflow
 
 
 @dataclass
@@ -30,14 +34,20 @@ class EpisodeRecord:
     difficulty: str
     seed: int
     steps: int
+    step_s: float = 1.0
     step_usage: list[float] = field(default_factory=list)  # KV usage at the end of each step
-    step_failures: list[int] = field(default_factory=list)
+    step_failures: list[float] = field(default_factory=list)  # failures in each step
+    step_blocked_s: list[float] = field(default_factory=list)  # seconds work waited for KV
     preemptions: int = 0  # engine preemptions forced by an out-of-blocks moment
     evicted_active: int = 0  # running requests aborted by an agent's eviction
-    tokens_served: float = 0.0  # generated tokens in the window, weighted by KV quality
+    wrong_answers: float = 0.0  # expected wrong answers from quantized KV
+    tokens_served: float = 0.0  # generated tokens in the window, less expected wrong ones
     reference_tokens: float = 0.0  # the same window served with unlimited KV memory
+    cached_prompt_tokens: int = 0  # prompt tokens served from the prefix cache
+    prompt_tokens: int = 0  # prompt tokens computed (recomputation included)
+    reference_hit_rate: float = 0.0  # the unlimited-memory run's prefix-cache hit rate
     swap_latency_s: float = 0.0
-    evictions: list[dict] = field(default_factory=list)  # kind, tokens, risky, reused, lost
+    evictions: list[dict] = field(default_factory=list)  # kind, tokens, risky, reused
     actions: int = 0
     invalid_actions: int = 0
 
@@ -48,43 +58,45 @@ class EpisodeRecord:
     def from_dict(cls, data: dict) -> "EpisodeRecord":
         return cls(**data)
 
+    @property
+    def failures(self) -> float:
+        return self.preemptions + self.evicted_active + self.wrong_answers
+
 
 def failure_penalty(record: EpisodeRecord) -> float:
-    """Accelerating in failures f (preemptions + aborted generations): -min(0.15f + 0.1max(0,f-2), 1)."""
-    f = record.preemptions + record.evicted_active
-    return -min(f * 0.15 + max(0, f - 2) * 0.1, 1.0)
+    """Accelerating in failures f: -min(0.15 f + 0.1 max(0, f - 2), 1) (f may be fractional:
+    expected wrong answers)."""
+    f = record.failures
+    return -min(f * 0.15 + max(0.0, f - 2) * 0.1, 1.0)
 
 
 def throughput_reward(record: EpisodeRecord) -> float:
-    """Quality-weighted tokens served, as a fraction of the unlimited-memory run's."""
+    """Goodput (tokens less the expected wrong ones) as a fraction of the unlimited-memory
+    run's tokens."""
     if record.reference_tokens <= 0:
         return 1.0
-    return min(record.tokens_served / record.reference_tokens, 1.0)
+    return max(0.0, min(record.tokens_served / record.reference_tokens, 1.0))
 
 
 def headroom_bonus(record: EpisodeRecord) -> float:
-    """Mean over steps: +1 below 0.8 usage, +0.5 below 0.95, 0 below 1.0, -1 full or failing."""
-    if not record.step_usage:
+    """Room to admit what arrives: mean over steps of 1 - 2 x (the share of the step in which
+    waiting work could not start for lack of KV memory); a step with a failure counts -1."""
+    if not record.step_blocked_s:
         return 0.0
     total = 0.0
-    for usage, failures in zip(record.step_usage, record.step_failures):
-        if failures or usage >= OVERFLOW_USAGE:
-            total -= 1.0
-        elif usage < 0.8:
-            total += 1.0
-        elif usage < 0.95:
-            total += 0.5
-    return total / len(record.step_usage)
+    for blocked, failures in zip(record.step_blocked_s, record.step_failures):
+        total += -1.0 if failures >= 1 else 1.0 - 2.0 * min(blocked / record.step_s, 1.0)
+    return total / len(record.step_blocked_s)
 
 
 def memory_efficiency(record: EpisodeRecord) -> float:
-    """Final state: +0.2 below 0.85 usage, -0.2 on overflow (full or failing), else 0."""
-    if not record.step_usage:
+    """Prefix-cache hit rate (vLLM's: prompt tokens served from cache / prompt tokens) over the
+    unlimited-memory run's, mapped to [-1, 1]: 1 at the reference, -1 with no hits."""
+    seen = record.cached_prompt_tokens + record.prompt_tokens
+    if seen <= 0 or record.reference_hit_rate <= 0:
         return 0.0
-    usage, failures = record.step_usage[-1], record.step_failures[-1]
-    if failures or usage >= OVERFLOW_USAGE:
-        return -0.2
-    return 0.2 if usage < 0.85 else 0.0
+    ratio = min(record.cached_prompt_tokens / seen / record.reference_hit_rate, 1.0)
+    return 2.0 * ratio - 1.0
 
 
 def eviction_quality(record: EpisodeRecord) -> float:
@@ -111,7 +123,7 @@ def total_tokens_metric(record: EpisodeRecord) -> float:
 
 
 def total_failures_metric(record: EpisodeRecord) -> float:
-    return float(record.preemptions + record.evicted_active)
+    return float(record.failures)
 
 
 def total_latency_metric(record: EpisodeRecord) -> float:
@@ -119,7 +131,8 @@ def total_latency_metric(record: EpisodeRecord) -> float:
 
 
 def pressure_steps_metric(record: EpisodeRecord) -> float:
-    return float(sum(1 for u in record.step_usage if u > 0.95))
+    """Steps in which waiting work had to wait for KV memory."""
+    return float(sum(1 for b in record.step_blocked_s if b > 0))
 
 
 RUBRIC = (
@@ -128,7 +141,7 @@ RUBRIC = (
     (risky_eviction_penalty, 0.02), (total_tokens_metric, 0.0), (total_failures_metric, 0.0),
     (total_latency_metric, 0.0), (pressure_steps_metric, 0.0),
 )
-REWARD_RANGE = (-0.623, 0.494)
+REWARD_RANGE = (-0.679, 0.55)
 
 
 def score(record: EpisodeRecord) -> dict[str, float]:

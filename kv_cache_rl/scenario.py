@@ -1,11 +1,15 @@
 """Scenarios and episodes: a window of a trace served under KV pressure, decided step by step.
 
 A scenario is fully determined by ``(difficulty, seed)`` (plus optional overrides): which
-workload, how fast it arrives, how much KV memory the card has. An episode starts warm: the
-engine first serves ``warmup_s`` of the trace with no agent, so the cache is loaded at step 1.
-Each of the ``steps`` decision steps is ``step_s`` seconds of serving: one second is about 30
-decode iterations of Llama-3.1-8B, long enough for a decision to show in the queue and short
-enough that memory can fill between two decisions (a request grows a block every 16 tokens).
+workload, how fast it arrives, which applications send it, how much KV memory the card and the
+host have. An episode starts warm: the engine first serves ``warmup_s`` of the trace with no
+agent, so the cache is loaded at step 1. Each of the ``steps`` decision steps is ``step_s``
+seconds of serving (3 s: about 90 decode iterations of Llama-3.1-8B); 20 steps make a minute,
+long enough that an agent's tool call comes back inside the episode (Dynamo: 2-30 s pauses),
+so keeping, swapping or dropping its context is decided by what that costs, not by the clock.
+
+Sessions are closed-loop (``EngineConfig.closed_loop``): a next turn is released a pause after
+the previous one finishes, so a decision that slows a turn delays the session's next one.
 """
 
 from __future__ import annotations
@@ -26,28 +30,42 @@ DIFFICULTIES = ("easy", "medium", "hard")
 MODEL, GPU = "Llama-3.1-8B", "RTXPRO6000"  # the profile validated against a real vLLM run
 RETENTION_S = 45.0  # Dynamo keeps an agentic session's context 45 s (domain notes)
 SWAP_SPACE_BYTES = 4 << 30  # vLLM's default swap_space: 4 GiB of host memory per GPU
+# The deployment's KV precision per request type (chat, code, reasoning): fp8 KV for chat,
+# where it is free (GSM8K/MMLU within noise, PrecisionTier.wrong_answer), bf16 for the rest
+DEFAULT_TIERS = (1, 0, 0)
+TASK_VERSION = 2  # bumped whenever rewards stop being comparable with an older leaderboard
 # make_scenario's keyword arguments: what an episode's state records to rebuild its scenario
 SCENARIO_OPTIONS = ("steps", "step_s", "warmup_s", "trace_path", "memory_fraction")
 
 
 @dataclass(frozen=True)
 class Tier:
-    """A difficulty: KV memory as a fraction of the window's peak demand, and the load.
+    """A difficulty: KV memory as a fraction of the window's peak demand, the load, the mix of
+    applications and the host swap space.
 
     ``loads`` maps a workload profile to its range of mean request rates (req/s). Rates are per
     workload because prompt sizes differ tenfold: Mooncake prompts (median ~13k tokens with
-    context) saturate prefill at ~2 req/s on this card, Azure ones (~4k) do not.
+    context) saturate prefill at ~2 req/s on this card, Azure ones (~4k) do not: Azure windows
+    are decode-bound (KV memory sets the batch), Mooncake ones prefill-bound.
+    ``types`` is the share of sessions per request type; harder tiers carry more long
+    reasoning, whose answers quantized KV puts at risk. ``swap_bytes`` is vLLM's
+    ``swap_space`` (4 GiB by default; a host shared by more GPUs gives each less).
     """
 
     memory: tuple[float, float]
     loads: dict
+    types: dict
+    swap_bytes: int = SWAP_SPACE_BYTES
 
 
 TIERS = {
-    "easy": Tier((0.90, 1.00), {"azure_conv": (1.0, 2.0), "mooncake_conversation": (0.5, 1.0)}),
-    "medium": Tier((0.75, 0.90), {"azure_conv": (2.0, 3.0), "mooncake_conversation": (1.0, 1.5),
-                                  "mooncake_synthetic": (0.75, 1.25)}),
-    "hard": Tier((0.65, 0.80), {"azure_code": (2.0, 3.5), "mooncake_synthetic": (1.25, 2.0)}),
+    "easy": Tier((0.75, 0.90), {"azure_conv": (1.5, 2.5), "mooncake_conversation": (0.5, 1.0)},
+                 {"chat": 0.5, "code": 0.3, "reasoning": 0.2}),
+    "medium": Tier((0.50, 0.70), {"azure_conv": (2.0, 3.0), "mooncake_conversation": (1.0, 1.5),
+                                  "mooncake_synthetic": (0.75, 1.25)},
+                   {"chat": 0.3, "code": 0.3, "reasoning": 0.4}, 2 << 30),
+    "hard": Tier((0.35, 0.50), {"azure_code": (2.0, 3.5), "mooncake_synthetic": (1.25, 2.0)},
+                 {"chat": 0.15, "code": 0.2, "reasoning": 0.65}, 1 << 30),
 }
 
 
@@ -57,9 +75,9 @@ class Scenario:
 
     difficulty: str
     seed: int
-    steps: int = 15
-    step_s: float = 1.0
-    warmup_s: float = 20.0
+    steps: int = 20
+    step_s: float = 3.0
+    warmup_s: float = 30.0
     workload: str = ""
     requests_per_s: float = 0.0
     memory_fraction: float = 1.0
@@ -68,6 +86,7 @@ class Scenario:
     trace: Trace = field(repr=False, compare=False, default=None)
     config: EngineConfig = field(repr=False, compare=False, default=None)
     reference_tokens: float = 0.0  # tokens the window yields with unlimited KV memory
+    reference_hit_rate: float = 0.0  # its prefix-cache hit rate
     peak_blocks: int = 0  # the window's peak KV demand with unlimited memory
     # make_scenario's optional arguments, kept so that an episode can be rebuilt from its state
     trace_path: str | None = None  # a raw trace the window was cut from (else generated)
@@ -94,6 +113,22 @@ class Scenario:
         from kv_cache_rl.profiles import load_profile
 
         return load_profile(self.model, self.gpu)
+
+    @functools.cached_property
+    def plays(self) -> dict:
+        """Memo of episodes played on this scenario: (policy name, call cap) -> (reward,
+        actions per step). Filled by the oracle and the bench (``policies.oracle.played``)."""
+        return {}
+
+    @functools.cached_property
+    def last_turn(self) -> dict[int, int]:
+        """Session id -> the highest turn index of that session in the trace (the future:
+        whether a session comes back inside the horizon)."""
+        out: dict[int, int] = {}
+        for r in self.trace.requests:
+            if r.session_id >= 0 and r.turn >= out.get(r.session_id, -1):
+                out[r.session_id] = r.turn
+        return out
 
     @functools.cached_property
     def _warm(self) -> Engine:
@@ -131,17 +166,22 @@ def _read_raw_trace(path: str, _mtime_ns: int, _size: int) -> tuple[Trace, int]:
     return trace, system_prefix_blocks(trace)
 
 
-def _engine_config(profile, num_gpu_blocks: int) -> EngineConfig:
-    swap_blocks = SWAP_SPACE_BYTES // (profile.model.kv_bytes_per_token * 16)
+def _engine_config(profile, num_gpu_blocks: int, swap_bytes: int = SWAP_SPACE_BYTES
+                   ) -> EngineConfig:
+    swap_blocks = swap_bytes // (profile.model.kv_bytes_per_token * 16)
     return EngineConfig(num_gpu_blocks=num_gpu_blocks, num_cpu_blocks=swap_blocks,
-                        retention_s=RETENTION_S, max_num_seqs=256, max_num_batched_tokens=2048)
+                        retention_s=RETENTION_S, max_num_seqs=256, max_num_batched_tokens=2048,
+                        closed_loop=True, default_tiers=DEFAULT_TIERS)
 
 
 def _reference(profile, trace: Trace, warmup_s: float, end_s: float, step_s: float):
-    """Serve the window with unlimited memory: its peak KV demand and tokens generated."""
+    """Serve the window with unlimited memory: its peak KV demand, tokens generated and
+    prefix-cache hit rate."""
     unlimited = Engine(_engine_config(profile, 1 << 22), profile, trace)
     unlimited.run_until(warmup_s)
-    start_tokens = unlimited.stats.generated_tokens
+    stats = unlimited.stats
+    start_tokens, start_cached, start_prompt = (stats.generated_tokens,
+                                                stats.cached_prompt_tokens, stats.prompt_tokens)
     peak = 0
     t = warmup_s
     while t < end_s - 1e-9:
@@ -151,12 +191,14 @@ def _reference(profile, trace: Trace, warmup_s: float, end_s: float, step_s: flo
                 nxt = unlimited.next_event_s()
                 unlimited._idle_until(t if nxt is None else min(max(nxt, unlimited.now), t))
             peak = max(peak, unlimited.pool.used_units)
-    tokens = unlimited.stats.generated_tokens - start_tokens
-    return math.ceil(peak / UNITS_PER_BLOCK), float(tokens)
+    tokens = stats.generated_tokens - start_tokens
+    cached, prompt = stats.cached_prompt_tokens - start_cached, stats.prompt_tokens - start_prompt
+    hit_rate = cached / (cached + prompt) if cached + prompt else 0.0
+    return math.ceil(peak / UNITS_PER_BLOCK), float(tokens), hit_rate
 
 
-def make_scenario(difficulty: str, seed: int, *, steps: int = 15, step_s: float = 1.0,
-                  warmup_s: float = 20.0, trace_path: str | None = None,
+def make_scenario(difficulty: str, seed: int, *, steps: int = 20, step_s: float = 3.0,
+                  warmup_s: float = 30.0, trace_path: str | None = None,
                   memory_fraction: float | None = None) -> Scenario:
     """The scenario of ``(difficulty, seed)``: deterministic, cached (one object per set of
     arguments, however they are spelt: ``make_scenario.cache_clear()`` empties the cache).
@@ -214,7 +256,8 @@ def _build_scenario(difficulty: str, seed: int, steps: int, step_s: float, warmu
         workload = names[int(rng.integers(len(names)))]
         rate = float(rng.uniform(*tier.loads[workload]))
         scale = rate / load_workload(workload)["mean_rate_rps"]
-        trace = generate(workload, duration_s=horizon, rate_scale=scale, rng=rng, agentic=True)
+        trace = generate(workload, duration_s=horizon, rate_scale=scale, rng=rng, agentic=True,
+                         type_shares=tier.types)
     else:
         from kv_cache_rl.sessions import infer_sessions
         from kv_cache_rl.traces import window
@@ -234,11 +277,12 @@ def _build_scenario(difficulty: str, seed: int, steps: int, step_s: float, warmu
     if memory_fraction is not None:
         fraction = float(memory_fraction)
     profile = base.profile
-    peak, reference = _reference(profile, trace, warmup_s, base.end_s, step_s)
+    peak, reference, hit_rate = _reference(profile, trace, warmup_s, base.end_s, step_s)
     blocks = max(64, math.ceil(fraction * peak))
     return replace(base, workload=workload, requests_per_s=rate, memory_fraction=fraction,
-                   trace=trace, config=_engine_config(profile, blocks),
-                   reference_tokens=reference, peak_blocks=peak, trace_path=trace_path,
+                   trace=trace, config=_engine_config(profile, blocks, tier.swap_bytes),
+                   reference_tokens=reference, reference_hit_rate=round(hit_rate, 6),
+                   peak_blocks=peak, trace_path=trace_path,
                    memory_override=memory_fraction)
 
 

@@ -32,7 +32,8 @@ from .config import Trace, TraceRequest
 FORMATS = ("jsonl", "azure", "mooncake")
 MOONCAKE_BLOCK_TOKENS = 512  # Mooncake README: one hash id per 512-token block
 _AGENTIC = {"session_id": int, "system_toks": int, "reasoning_toks": int, "priority": int,
-            "ephemeral": bool, "next_turn_s": float}
+            "ephemeral": bool, "next_turn_s": float, "request_type": str, "turn": int,
+            "past_pause_s": float, "tool": str, "after": int, "after_s": float}
 
 
 class TraceFormatError(ValueError):
@@ -262,8 +263,11 @@ def window(trace: Trace, start_s: float, end_s: float) -> Trace:
     """Requests arriving in ``[start_s, end_s)``, times shifted so ``start_s`` becomes 0."""
     if not end_s > start_s >= 0:
         raise ValueError(f"need 0 <= start_s < end_s, got {start_s}, {end_s}")
-    reqs = [dataclasses.replace(r, arrival_s=r.arrival_s - start_s)
-            for r in trace.requests if start_s <= r.arrival_s < end_s]
+    kept = [i for i, r in enumerate(trace.requests) if start_s <= r.arrival_s < end_s]
+    index = {old: new for new, old in enumerate(kept)}  # closed-loop links follow the cut
+    reqs = [dataclasses.replace(r, arrival_s=r.arrival_s - start_s,
+                                after=index.get(r.after, -1) if r.after >= 0 else -1)
+            for r in (trace.requests[i] for i in kept)]
     return _derive(trace, reqs, f"window({start_s}, {end_s})")
 
 
@@ -273,7 +277,8 @@ def scale_rate(trace: Trace, factor: float) -> Trace:
         raise ValueError(f"factor must be > 0, got {factor}")
     # pauses shrink too, so a turn never lands before its predecessor's nominal end
     reqs = [dataclasses.replace(r, arrival_s=r.arrival_s / factor,
-                                next_turn_s=r.next_turn_s / factor if r.next_turn_s >= 0 else -1.0)
+                                next_turn_s=r.next_turn_s / factor if r.next_turn_s >= 0 else -1.0,
+                                after_s=r.after_s / factor)
             for r in trace.requests]
     return _derive(trace, reqs, f"scale_rate({factor})")
 

@@ -15,34 +15,46 @@ matches the continuing share, not the token reuse: with an infinite cache about 
 tokens are reusable for conversation (trace: 0.37) and 0.35 for synthetic (trace: 0.65, where
 long documents are re-queried more often than short ones; parents here ignore length).
 
-``agentic=True``: the structure of NVIDIA Dynamo's block value classes
-(``../shared/notes/domain.md``).
-Defaults, ``AGENTIC_DEFAULTS`` (override with keyword arguments):
+``agentic=True``: closed-loop agentic sessions with the structure of NVIDIA Dynamo's block
+value classes (``../shared/notes/domain.md``). Defaults, ``AGENTIC_DEFAULTS`` (override with
+keyword arguments):
 
 * ``system_toks=2048`` shared by every request (same hash ids). Assumption: Mooncake shows a
   512-1023-token system prefix shared by every chat request; agent tool definitions add more.
-* turns per session: geometric on 1, 2, ... with ``continue_prob=0.8`` (mean 5, capped at
-  ``max_turns=40``). Mooncake conversation sessions that reached turn 3+ continue with
-  probability 0.50-0.88, synthetic ones 0.65-0.85; multi-turn sessions average 3.0 / 5.7 turns.
-* tool-call pause before the next turn: log-uniform in ``pause_s=(2, 30)`` s (Dynamo). Turn
-  k+1 arrives at ``arrival_k + output_k * nominal_tpot_s + pause_k``; ``nominal_tpot_s=0.0325``
-  is the TPOT mean of the vLLM validation run (README). A closed-loop simulator should instead
-  release turn k+1 ``next_turn_s`` after turn k finishes.
+* each session has a request type (``type_shares``): ``chat``, ``code`` or ``reasoning``. It
+  decides what quantized KV costs (``PrecisionTier.wrong_answer``) and how the session loops.
+* each turn ends either with a tool call (probability ``tool_call_prob[type]``; the tool drawn
+  from ``tools[type]``) or with an answer to the user (``tool="user"``). A tool call always
+  comes back: the pause is log-uniform in ``tool_pause_s[tool]`` (ranges inside Dynamo's
+  "tool-call pauses of 2-30 s") times the session's pace, a log-normal factor
+  (``pace_sigma``) drawn once per session, so past pauses predict the next one. A user comes
+  back with Mooncake conversation's measured probability of continuing after turn k
+  (``continue_prob_after_turn_1_to_10``: 0.25 after turn 1 rising to 0.7-0.9) after a pause
+  drawn from its measured turn-gap distribution (``turn_gap_s_percentiles``: p5 30 s, median
+  126 s, arrival to arrival), so most users come back after the episode, some never.
+* ``turn``, ``past_pause_s`` (the mean of the session's earlier pauses) and ``tool`` are the
+  history a server can know; ``next_turn_s`` (the pause to come, -1 when the session ends) is
+  the future.
+* closed loop: turn k+1 carries ``after`` = turn k's index and ``after_s`` = the pause, so an
+  engine with ``closed_loop`` releases it a pause after turn k *finishes*; its ``arrival_s`` is
+  the open-loop estimate ``arrival_k + output_k * nominal_tpot_s + pause_k``
+  (``nominal_tpot_s=0.0325``, the TPOT mean of the vLLM validation run).
 * prompt of turn k+1 = prompt k + visible output k (output minus reasoning) + new tool/user
   tokens drawn from Mooncake conversation's ``new_toks_quantiles`` (positive part).
-* ``reasoning_turn_share=0.5`` of turns reason; their ``reasoning_toks`` = output x Beta(8, 12)
-  (mean ``0.4``, Dynamo's "about 40% of output").
-* ``subagent_prob=0.2``: after each non-final turn, one ephemeral sub-agent call (single turn,
-  only the system prefix shared, ``session_id=-1``, its parent's priority) arrives during the
-  pause; about 14% of requests at the defaults. Prompt = system + profile input length.
+* ``reasoning_turn_share[type]`` of turns reason; their ``reasoning_toks`` = output x
+  Beta(8, 12) (mean ``reasoning_fraction=0.4``, Dynamo's "about 40% of output").
+* ``subagent_prob=0.2``: after each tool call, one ephemeral sub-agent call (single turn, only
+  the system prefix shared, ``session_id=-1``, its parent's type and priority) is released
+  during the pause.
 * ``priority_share=0.1`` of sessions have ``priority=1``.
 * opening prompt = ``system_toks`` + a profile input length; output = a profile output length.
 * session starts: the profile's arrival process with its rates multiplied by ``rate_scale`` /
   expected requests per session and its burst/lull durations kept, so the mean *request* rate
-  is profile rate x rate_scale (plain mode instead compresses time, as ``scale_rate`` does).
-  Sessions start from ``-warmup_s=-600`` s and only requests in ``[0, duration_s)`` are kept, so
-  the trace opens in steady state (some sessions are mid-way at t=0).
-* a session ends early when its next prompt + output would exceed ``max_model_len=131072``.
+  is about profile rate x rate_scale. Sessions start from ``-warmup_s=-1800`` s and only
+  requests in ``[0, duration_s)`` are kept, so the trace opens in steady state (a user may
+  come back after many minutes; 1800 s of history gives 90% of the steady-state rate).
+* a session ends at ``max_turns=40`` or when its next prompt + output would exceed
+  ``max_model_len=131072``.
 
 Hash ids (``hash_block_tokens`` per id): only full blocks get ids (vLLM caches full blocks);
 blocks wholly inside a turn's prompt keep their ids in the next turn, later blocks get fresh
@@ -53,6 +65,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -66,10 +79,16 @@ PROFILES = ("azure_conv", "azure_code", "mooncake_conversation", "mooncake_synth
 TURN_STATS_PROFILE = "mooncake_conversation"  # the one trace with conversational sessions
 
 AGENTIC_DEFAULTS = {
-    "system_toks": 2048, "continue_prob": 0.8, "max_turns": 40, "pause_s": (2.0, 30.0),
-    "reasoning_turn_share": 0.5, "reasoning_fraction": 0.4, "subagent_prob": 0.2,
+    "system_toks": 2048, "max_turns": 40,
+    "type_shares": {"chat": 0.4, "code": 0.3, "reasoning": 0.3},
+    "tool_call_prob": {"chat": 0.2, "code": 0.85, "reasoning": 0.75},
+    "tools": {"chat": ("search",), "code": ("shell", "search"), "reasoning": ("python", "search")},
+    "tool_pause_s": {"search": (2.0, 8.0), "python": (3.0, 12.0), "shell": (8.0, 30.0)},
+    "pace_sigma": 0.5,
+    "reasoning_turn_share": {"chat": 0.0, "code": 0.3, "reasoning": 1.0},
+    "reasoning_fraction": 0.4, "subagent_prob": 0.2,
     "priority_share": 0.1, "nominal_tpot_s": 0.0325, "max_model_len": 131072,
-    "warmup_s": 600.0,
+    "warmup_s": 1800.0,
 }
 
 
@@ -107,9 +126,23 @@ class _Ids:
         return tuple(range(self.next - n, self.next))
 
 
-def expected_requests_per_session(p: dict) -> float:
-    turns = (1 - p["continue_prob"] ** p["max_turns"]) / (1 - p["continue_prob"])
-    return turns + p["subagent_prob"] * (turns - 1)
+def expected_requests_per_session(p: dict, user_continue=None) -> float:
+    """Mean requests per session (turns, plus sub-agent calls after tool calls), over types."""
+    if user_continue is None:
+        user_continue = load_profile(TURN_STATS_PROFILE)["sessions"]["turns_per_session"][
+            "continue_prob_after_turn_1_to_10"]
+    total = 0.0
+    for rtype, share in p["type_shares"].items():
+        q = p["tool_call_prob"][rtype]
+        alive, turns, calls = 1.0, 0.0, 0.0
+        for k in range(p["max_turns"]):
+            turns += alive
+            if k == p["max_turns"] - 1:
+                break
+            calls += alive * q
+            alive *= q + (1 - q) * user_continue[min(k, len(user_continue) - 1)]
+        total += share * (turns + p["subagent_prob"] * calls)
+    return total
 
 
 def generate(profile: dict | str, *, duration_s: float, rate_scale: float = 1.0,
@@ -125,9 +158,15 @@ def generate(profile: dict | str, *, duration_s: float, rate_scale: float = 1.0,
     params = {**AGENTIC_DEFAULTS, **overrides}
     meta = {"profile": prof.get("name", ""), "agentic": agentic, "duration_s": duration_s,
             "rate_scale": rate_scale, "hash_partial_last_block": False}
-    make = _agentic if agentic else _plain
-    reqs = make(prof, params, duration_s, rate_scale, rng, hash_block_tokens, meta)
-    reqs.sort(key=lambda r: r.arrival_s)
+    if agentic:
+        linked = _agentic(prof, params, duration_s, rate_scale, rng, hash_block_tokens, meta)
+        linked.sort(key=lambda x: x[0].arrival_s)
+        index = {req.request_id: i for i, (req, _, _) in enumerate(linked)}
+        reqs = [replace(req, after=index[parent], after_s=round(after_s, 6)) if parent else req
+                for req, parent, after_s in linked]
+    else:
+        reqs = _plain(prof, params, duration_s, rate_scale, rng, hash_block_tokens, meta)
+        reqs.sort(key=lambda r: r.arrival_s)
     return Trace(tuple(reqs), hash_block_tokens, f"generated:{prof.get('name', '')}", meta)
 
 
@@ -165,86 +204,108 @@ def _plain(prof, params, duration_s, rate_scale, rng, block, meta) -> list[Trace
 
 
 def _agentic(prof, p, duration_s, rate_scale, rng, block, meta) -> list[TraceRequest]:
-    if not (0 <= p["continue_prob"] < 1 and p["max_turns"] >= 1 and 0 < p["pause_s"][0]
-            <= p["pause_s"][1] and 0 <= p["reasoning_fraction"] < 1):
+    from .config import REQUEST_TYPES
+
+    shares = p["type_shares"]
+    if not (p["max_turns"] >= 1 and 0 <= p["reasoning_fraction"] < 1 and p["pace_sigma"] >= 0
+            and set(shares) <= set(REQUEST_TYPES) and abs(sum(shares.values()) - 1) < 1e-6
+            and all(0 < lo <= hi for lo, hi in p["tool_pause_s"].values())):
         raise ValueError(f"bad agentic parameters {p}")
-    turn_stats = prof.get("sessions") if prof.get("name") == TURN_STATS_PROFILE else None
-    turn_stats = turn_stats or load_profile(TURN_STATS_PROFILE)["sessions"]
+    turn_stats = load_profile(TURN_STATS_PROFILE)["sessions"]
+    user_continue = turn_stats["turns_per_session"]["continue_prob_after_turn_1_to_10"]
+    user_gap = turn_stats["turn_gap_s_percentiles_0_5_100"]
     in_q, out_q = prof["input_toks"]["quantiles"], prof["output_toks"]["quantiles"]
     sys_toks, warm, limit = int(p["system_toks"]), float(p["warmup_s"]), p["max_model_len"]
-    per_session = expected_requests_per_session(p)
+    per_session = expected_requests_per_session(p, user_continue)
     # rates x rate_scale / requests per session, dwell times kept: a source burst lasts as long
     # at any load (time compression would stretch Azure code's 45 s lulls to minutes at 0.25x)
     starts = sample_arrivals(prof["arrival_model"], duration_s + warm, rng,
                              rate_factor=rate_scale / per_session) - warm
-    # every random number up front, one array per quantity: fast and still seed-deterministic
     n = len(starts)
+    types = list(shares)
+    kind = rng.choice(len(types), n, p=[shares[t] for t in types]).tolist()
     prio = (rng.random(n) < p["priority_share"]).tolist()
+    pace = np.exp(p["pace_sigma"] * rng.standard_normal(n)).tolist()
     first_in = _counts(in_q, rng, n).tolist()
-    turns = np.minimum(rng.geometric(1 - p["continue_prob"], n), p["max_turns"])
-    first = np.r_[0, np.cumsum(turns)[:-1]].tolist()
-    m = int(turns.sum())
-    out = _counts(out_q, rng, m).tolist()
-    new = _counts(turn_stats["new_toks_quantiles"], rng, m,
-                  turn_stats["new_toks_negative_share"]).tolist()  # positive part
-    pause = np.exp(rng.uniform(math.log(p["pause_s"][0]), math.log(p["pause_s"][1]), m)).tolist()
     f = p["reasoning_fraction"]
-
-    def reasoning_toks(outs: list[int]) -> list[int]:
-        # Beta(20f, 20(1-f)): mean f (0.4: Beta(8, 12), sd 0.11); keep one visible token
-        frac = rng.beta(20 * f, 20 * (1 - f), len(outs)) if f > 0 else np.zeros(len(outs))
-        on = rng.random(len(outs)) < p["reasoning_turn_share"]
-        return [min(round(o * x), o - 1) if y else 0
-                for o, x, y in zip(outs, frac, on, strict=True)]
-
-    think = reasoning_toks(out)
-    sub = (rng.random(m) < p["subagent_prob"]).tolist()
-    sub_at = rng.uniform(0, 0.5, m).tolist()  # share of the pause before the sub-agent call
-    sub_out = _counts(out_q, rng, m).tolist()
-    sub_in = _counts(in_q, rng, m).tolist()
-    sub_think = reasoning_toks(sub_out)
-    meta.update(params={k: list(v) if isinstance(v, tuple) else v for k, v in p.items()},
+    meta.update(params={k: v for k, v in p.items()},
                 expected_requests_per_session=round(per_session, 4),
                 session_rate_rps=round(n / (duration_s + warm), 6),
-                turn_timing="turn k+1 arrives output_k * nominal_tpot_s + next_turn_s after "
-                            "turn k; closed-loop: release it next_turn_s after turn k ends")
-
+                turn_timing="closed loop: turn k+1 is released after_s after turn k finishes")
     ids, reqs, sessions = _Ids(), [], {}
     sys_ids = ids.fresh(sys_toks // block)
 
-    def emit(t, inp, out_, h, sid, rid, **kw) -> None:
+    def emit(t, inp, out_, h, sid, rid, **kw) -> bool:
         if 0 <= t < duration_s:
             if sid >= 0:  # sessions numbered in start order, counting only those in the trace
                 sid = sessions.setdefault(sid, len(sessions))
             reqs.append(TraceRequest(t, inp, out_, h, rid, session_id=sid,
                                      system_toks=min(sys_toks, inp), **kw))
+            return True
+        return False
 
     def opening(inp: int) -> tuple[int, ...]:
         shared = sys_ids[:inp // block]
         return shared + ids.fresh(inp // block - len(shared))
 
+    def draw(q, lo: float = 0.0) -> int:
+        return int(_counts(q, rng, 1, lo)[0])
+
+    def thinking(rtype: str, out_: int) -> int:
+        if f <= 0 or rng.random() >= p["reasoning_turn_share"][rtype]:
+            return 0
+        return min(round(out_ * rng.beta(20 * f, 20 * (1 - f))), out_ - 1)
+
     for s in range(n):
-        t, j0 = float(starts[s]), first[s]
-        inp = min(sys_toks + first_in[s], limit - out[j0])
+        rtype = types[kind[s]]
+        t = float(starts[s])
+        out = draw(out_q)
+        inp = min(sys_toks + first_in[s], limit - out)
         h = opening(inp)
-        for k in range(int(turns[s])):
-            j = j0 + k
-            done = t + out[j] * p["nominal_tpot_s"]
-            last = k == turns[s] - 1
-            if not last:
-                nxt_inp = inp + out[j] - think[j] + new[j]
-                # the context limit ends the session; a next turn past the horizon is not here
-                last = nxt_inp + out[j + 1] > limit or done + pause[j] >= duration_s
-            emit(t, inp, out[j], h, s, f"s{s}t{k}", reasoning_toks=think[j], priority=prio[s],
-                 next_turn_s=-1.0 if last else pause[j])
-            if last:
+        parent, pauses = "", []  # the previous in-trace turn's id; the pauses so far
+        for k in range(p["max_turns"]):
+            think = thinking(rtype, out)
+            done = t + out * p["nominal_tpot_s"]
+            if rng.random() < p["tool_call_prob"][rtype]:
+                tool = p["tools"][rtype][int(rng.integers(len(p["tools"][rtype])))]
+                lo, hi = p["tool_pause_s"][tool]
+                pause = math.exp(rng.uniform(math.log(lo), math.log(hi))) * pace[s]
+                returns = True
+            else:
+                tool = "user"
+                returns = rng.random() < user_continue[min(k, len(user_continue) - 1)]
+                pause = float(sample_quantiles(user_gap, rng, 1)[0])
+            nxt_out = draw(out_q)
+            nxt_inp = inp + out - think + draw(turn_stats["new_toks_quantiles"],
+                                                turn_stats["new_toks_negative_share"])
+            returns = returns and k < p["max_turns"] - 1 and nxt_inp + nxt_out <= limit
+            past = sum(pauses) / len(pauses) if pauses else -1.0
+            rid = f"s{s}t{k}"
+            here = emit(t, inp, out, h, s, rid, reasoning_toks=think, priority=prio[s],
+                        next_turn_s=pause if returns else -1.0, request_type=rtype, turn=k,
+                        past_pause_s=round(past, 3), tool=tool)
+            if here and parent:
+                reqs[-1] = (reqs[-1], parent, after_s)
+            elif here:
+                reqs[-1] = (reqs[-1], "", 0.0)
+            parent = rid if here else ""
+            if not returns:
                 break
-            if sub[j]:  # a sub-agent runs as this turn's tool call: system prefix only
-                e_in = min(sys_toks + sub_in[j], limit - sub_out[j])
-                emit(done + sub_at[j] * pause[j], e_in, sub_out[j], opening(e_in), -1,
-                     f"s{s}t{k}e", reasoning_toks=sub_think[j], priority=prio[s], ephemeral=True)
+            if tool != "user" and rng.random() < p["subagent_prob"]:
+                # a sub-agent runs as this turn's tool call: system prefix only
+                at = rng.uniform(0, 0.5) * pause
+                e_out = draw(out_q)
+                e_in = min(sys_toks + draw(in_q), limit - e_out)
+                if emit(done + at, e_in, e_out, opening(e_in), -1, f"s{s}t{k}e",
+                        reasoning_toks=thinking(rtype, e_out), priority=prio[s],
+                        ephemeral=True, request_type=rtype):
+                    reqs[-1] = (reqs[-1], rid if here else "", at)
+            pauses.append(pause)
+            after_s = pause
             # the next prompt starts with this whole prompt: its full blocks keep their ids
             h = h + ids.fresh(nxt_inp // block - len(h))
-            t, inp = done + pause[j], nxt_inp
+            t, inp, out = done + pause, nxt_inp, nxt_out
+            if t >= duration_s:
+                break
     meta["sessions"] = len(sessions)
     return reqs

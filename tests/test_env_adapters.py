@@ -289,8 +289,8 @@ def test_task_list_interleaves_difficulties_like_bench():
 CASES = [
     {"difficulty": "hard", "seed": 7, "steps": 6, "max_calls_per_step": 3,
      "turns": bad_turns("hard", 7, 6, 3)},
-    {"difficulty": "medium", "seed": 11, "steps": 15, "max_calls_per_step": 8,
-     "turns": policy_turns("medium", 11, "compress_first", steps=15)},
+    {"difficulty": "medium", "seed": 11, "steps": 20, "max_calls_per_step": 8,
+     "turns": policy_turns("medium", 11, "compress_first", steps=20)},
     {"difficulty": "easy", "seed": 2, "steps": 5, "max_calls_per_step": 8,
      "turns": [[], [("swap_to_cpu", '{"seq_id": 1}')], [], [], [("keep", "{}")]]},
 ]

@@ -49,15 +49,15 @@ def test_memory_fraction_changes_only_the_budget():
     assert make_scenario("hard", 4, memory_fraction=0.35) is scarce  # cached
 
 
-def test_episode_starts_warm_and_runs_fifteen_steps():
+def test_episode_starts_warm_and_runs_twenty_steps():
     episode = Episode(make_scenario("medium", 1))
     assert episode.engine.cached_sequences(), "warm start: the cache holds KV at step 1"
-    assert episode.observation.memory_usage > 0.5
+    assert episode.observation.memory_usage > 0.3
     steps = 0
     while not episode.done:
         episode.advance()
         steps += 1
-    assert steps == 15 and len(episode.record.step_usage) == 15
+    assert steps == 20 and len(episode.record.step_usage) == 20
     with pytest.raises(EpisodeError, match="over"):
         episode.advance()
     assert episode.call("keep").startswith("error: the episode is over")
@@ -168,21 +168,27 @@ def test_state_round_trip_replays_exactly():
 
 def test_rubric_ranges_and_signs():
     low, high = REWARD_RANGE
-    assert sum(w * (-1 if fn.__name__ != "memory_efficiency" else -0.2)
-               for fn, w in RUBRIC if fn.__name__ in (
-                   "failure_penalty", "headroom_bonus", "memory_efficiency",
-                   "risky_eviction_penalty")) + 0.03 * -0.3 == pytest.approx(low)
-    worst = EpisodeRecord("hard", 0, 3, step_usage=[1.0] * 3, step_failures=[3, 3, 3],
-                          preemptions=9, tokens_served=0, reference_tokens=100,
-                          swap_latency_s=10,
+    worst = EpisodeRecord("hard", 0, 3, step_s=1.0, step_usage=[1.0] * 3,
+                          step_failures=[3, 3, 3], step_blocked_s=[1.0] * 3, preemptions=9,
+                          tokens_served=0, reference_tokens=100, cached_prompt_tokens=0,
+                          prompt_tokens=100, reference_hit_rate=0.5, swap_latency_s=10,
                           evictions=[{"kind": "system", "tokens": 5, "risky": True,
                                       "reused": True}] * 6)
-    best = EpisodeRecord("hard", 0, 3, step_usage=[0.5] * 3, step_failures=[0] * 3,
-                         tokens_served=100, reference_tokens=100)
-    assert score(worst)["reward"] == pytest.approx(low)
-    assert score(best)["reward"] == pytest.approx(high)
+    best = EpisodeRecord("hard", 0, 3, step_s=1.0, step_usage=[0.5] * 3, step_failures=[0] * 3,
+                         step_blocked_s=[0.0] * 3, tokens_served=100, reference_tokens=100,
+                         cached_prompt_tokens=50, prompt_tokens=50, reference_hit_rate=0.5)
+    assert score(worst)["reward"] == pytest.approx(low, abs=1e-9)
+    assert score(best)["reward"] == pytest.approx(high, abs=1e-9)
+    for fn, _ in RUBRIC:
+        if fn.__name__.endswith("_metric"):
+            continue
+        for record in (worst, best):
+            assert -1.0 <= fn(record) <= 1.0, fn.__name__
     assert score(worst)["failure_penalty"] == -1.0
     assert score(EpisodeRecord("e", 0, 1, preemptions=3))["failure_penalty"] == pytest.approx(-0.55)
+    # expected wrong answers are failures too, fractional ones included
+    assert score(EpisodeRecord("e", 0, 1, wrong_answers=0.5))["failure_penalty"] == \
+        pytest.approx(-0.075)
 
 
 def test_eviction_value_orders_kinds():

@@ -24,7 +24,7 @@ POOL = (1000, 1001)
 def make(**kw):
     kw.setdefault("difficulty", "hard")
     kw.setdefault("seeds", POOL)
-    return gym.make("KVCacheEviction-v0", **kw)
+    return gym.make("KVCacheEviction-v1", **kw)
 
 
 def rollout(env, codes_fn, **reset_kw):
@@ -49,10 +49,10 @@ def test_import_does_not_load_gymnasium():
 
 
 def test_registered_in_either_import_order():
-    for code in ("import kv_cache_rl, gymnasium as g; g.make('KVCacheEviction-v0', seeds=[1])",
-                 "import gymnasium as g, kv_cache_rl; g.make('KVCacheEviction-v0', seeds=[1])"):
+    for code in ("import kv_cache_rl, gymnasium as g; g.make('KVCacheEviction-v1', seeds=[1])",
+                 "import gymnasium as g, kv_cache_rl; g.make('KVCacheEviction-v1', seeds=[1])"):
         subprocess.run([sys.executable, "-c", code], check=True)
-    assert gym.spec("KVCacheEviction-v0").entry_point == "kv_cache_rl.gym_env:KVCacheEvictionEnv"
+    assert gym.spec("KVCacheEviction-v1").entry_point == "kv_cache_rl.gym_env:KVCacheEvictionEnv"
 
 
 def test_check_env_passes_without_warnings():
@@ -84,7 +84,7 @@ def test_reset_seed_is_deterministic():
         assert ia["scenario_seed"] == ib["scenario_seed"]
         np.testing.assert_array_equal(oa, ob)
     a.action_space.seed(1)
-    actions = [a.action_space.sample() for _ in range(15)]
+    actions = [a.action_space.sample() for _ in range(20)]
     runs = []
     for env in (a, b):
         it = iter(actions)
@@ -182,3 +182,40 @@ def test_docstring_states_the_real_spaces():
     assert f"MultiDiscrete([{len(ACTION_NAMES)}] * {NUM_SLOTS})" in doc
     assert f"Box(-1, 1, ({NUM_GLOBAL} + {NUM_SLOTS} * {NUM_ENTRY},), float32)" in doc
     assert f"{NUM_GLOBAL} + {NUM_ENTRY} s + j" in doc
+
+
+def test_a_single_allowed_code_is_always_accepted():
+    rng = np.random.default_rng(0)
+    for seed in (0, 1):
+        env = KVCacheEvictionEnv(difficulty="hard", seeds=POOL)
+        obs, info = env.reset(seed=seed)
+        while True:
+            allowed = np.argwhere(info["action_mask"][:, 1:])
+            codes = np.zeros(NUM_SLOTS, dtype=np.int64)
+            if len(allowed):
+                slot, code = allowed[int(rng.integers(len(allowed)))]
+                codes[slot] = code + 1
+            invalid = env.episode.record.invalid_actions
+            obs, _, terminated, _, info = env.step(codes)
+            assert info["refused"] == 0 and env.episode.record.invalid_actions == invalid
+            if terminated:
+                break
+
+
+@pytest.mark.parametrize("code", [-1, 4, 99])
+def test_out_of_range_code_names_slot_and_code(code):
+    env = KVCacheEvictionEnv(difficulty="hard", seeds=POOL)
+    env.reset(seed=0)
+    codes = np.zeros(NUM_SLOTS, dtype=np.int64)
+    codes[3] = code
+    step = env.episode.step_index
+    with pytest.raises(ValueError, match=f"slot 3: code {code}"):
+        env.step(codes)
+    assert env.episode.step_index == step  # nothing was applied
+
+
+def test_new_id_and_old_id_make_the_same_env():
+    a = gym.make("KVCacheEviction-v1", difficulty="easy", seeds=POOL)
+    with pytest.warns(UserWarning, match="out of date"):  # gymnasium's own version notice
+        b = gym.make("KVCacheEviction-v0", difficulty="easy", seeds=POOL)
+    assert (a.reset(seed=3)[0] == b.reset(seed=3)[0]).all()

@@ -33,7 +33,7 @@ def test_registry_and_unknown_name():
         assert cls.name == name
     with pytest.raises(ValueError, match="known: keep"):
         make_policy("nope")
-    assert [n for n, c in POLICIES.items() if c.sees_future] == ["lookahead"]
+    assert [n for n, c in POLICIES.items() if c.sees_future] == ["lookahead", "oracle"]
 
 
 @pytest.mark.parametrize("name", [n for n in POLICIES if n != "lookahead"])

@@ -186,7 +186,7 @@ def test_the_system_prefix_is_the_whole_files(tmp_path):
 def test_arguments_of_any_numeric_type_share_one_scenario():
     import numpy as np
 
-    a = make_scenario("easy", np.int64(5), steps=np.int64(15), step_s=1, warmup_s=20)
+    a = make_scenario("easy", np.int64(5), steps=np.int64(20), step_s=3, warmup_s=30)
     assert make_scenario("easy", 5) is a
     assert type(a.seed) is int and type(a.step_s) is float
     json.dumps(Episode(a).state_dict())  # plain JSON types

@@ -189,9 +189,10 @@ def agentic_trace() -> Trace:
 
 def test_agentic_sessions_extend_each_other(agentic_trace):
     p, bs = AGENTIC_DEFAULTS, agentic_trace.hash_block_tokens
+    reqs = agentic_trace.requests
     sys_ids = None
     sessions = defaultdict(list)
-    for r in agentic_trace.requests:
+    for r in reqs:
         assert r.system_toks == min(p["system_toks"], r.input_toks)
         n_sys = r.system_toks // bs
         sys_ids = sys_ids or r.hash_ids[:p["system_toks"] // bs]
@@ -201,17 +202,32 @@ def test_agentic_sessions_extend_each_other(agentic_trace):
     assert len(sessions) == agentic_trace.meta["sessions"] > 50
     multi = 0
     for turns in sessions.values():
+        assert len({r.request_type for r in turns}) == 1  # a session keeps its application
         for prev, nxt in zip(turns, turns[1:], strict=False):
             multi += 1
-            assert p["pause_s"][0] <= prev.next_turn_s <= p["pause_s"][1]
+            assert nxt.turn == prev.turn + 1
+            if prev.tool == "user":  # a user's gap: Mooncake's measured distribution
+                assert 5.9 <= prev.next_turn_s <= 3030.0
+            else:  # a tool call: its range times the session's pace (log-normal, sigma 0.5)
+                lo, hi = p["tool_pause_s"][prev.tool]
+                assert lo * 0.05 <= prev.next_turn_s <= hi * 20
+                assert prev.tool in p["tools"][prev.request_type]
+            # closed loop: released the pause after the previous turn finishes
+            assert reqs[nxt.after] is prev and nxt.after_s == pytest.approx(prev.next_turn_s)
             assert nxt.arrival_s == pytest.approx(
                 prev.arrival_s + prev.output_toks * p["nominal_tpot_s"] + prev.next_turn_s)
+            if turns[0].turn == 0:  # the whole history is in the trace
+                pauses = [t.next_turn_s for t in turns[:turns.index(nxt)]]
+                assert nxt.past_pause_s == pytest.approx(sum(pauses) / len(pauses), abs=1e-3)
             visible = prev.output_toks - prev.reasoning_toks
             assert nxt.input_toks > prev.input_toks + visible  # + new tool/user tokens
             assert nxt.hash_ids[:len(prev.hash_ids)] == prev.hash_ids  # context is a prefix hit
             assert nxt.priority == prev.priority
-        assert turns[-1].next_turn_s == -1.0
     assert multi > 100
+    ends = [turns[-1] for turns in sessions.values() if turns[-1].next_turn_s < 0]
+    # only an answer ends a session early (or the turn limit, or the context length)
+    assert ends and all(r.tool == "user" or r.turn == p["max_turns"] - 1
+                        or r.input_toks > p["max_model_len"] // 2 for r in ends)
 
 
 def test_agentic_ephemeral_share_only_system(agentic_trace):
@@ -222,26 +238,35 @@ def test_agentic_ephemeral_share_only_system(agentic_trace):
             count[x] += 1
     eph = [r for r in agentic_trace.requests if r.ephemeral]
     assert eph and all(r.session_id == -1 and r.next_turn_s == -1.0 for r in eph)
+    assert all(r.after == -1 or reqs_tool(agentic_trace, r) != "user" for r in eph)
     for r in eph:
         assert all(count[x] == 1 for x in r.hash_ids[r.system_toks // bs:])
+
+
+def reqs_tool(trace, r) -> str:
+    return trace.requests[r.after].tool
 
 
 def test_agentic_shares(agentic_trace):
     reqs = agentic_trace.requests
     eph = np.mean([r.ephemeral for r in reqs])
-    assert 0.08 < eph < 0.2  # about 14% at the defaults
+    assert 0.05 < eph < 0.25
     assert 0.05 < np.mean([r.priority for r in reqs]) < 0.17
     thinking = [r for r in reqs if r.reasoning_toks > 0]
-    assert 0.4 < len(thinking) / len(reqs) < 0.6
     frac = np.sum([r.reasoning_toks for r in thinking]) / np.sum([r.output_toks for r in thinking])
     assert frac == pytest.approx(0.4, abs=0.05)
+    # every reasoning-type turn thinks, no chat turn does
+    turns = [r for r in reqs if not r.ephemeral]
+    assert all(r.reasoning_toks > 0 for r in turns if r.request_type == "reasoning"
+               and r.output_toks > 2)
+    assert not any(r.reasoning_toks for r in turns if r.request_type == "chat")
 
 
 def test_agentic_request_rate_matches_profile():
     prof = load_profile("mooncake_conversation")
     trace = generate(prof, duration_s=1800.0, rate_scale=0.5, rng=rng(5))
     rate = len(trace.requests) / 1800.0
-    assert rate == pytest.approx(prof["mean_rate_rps"] * 0.5, rel=0.15)
+    assert rate == pytest.approx(prof["mean_rate_rps"] * 0.5, rel=0.2)
     assert trace.meta["expected_requests_per_session"] == pytest.approx(
         expected_requests_per_session(AGENTIC_DEFAULTS))
     opening = [r.input_toks - r.system_toks for r in trace.requests
@@ -252,11 +277,13 @@ def test_agentic_request_rate_matches_profile():
 
 def test_agentic_overrides():
     trace = generate("sharegpt", duration_s=200.0, rng=rng(), system_toks=512, subagent_prob=0.0,
-                     continue_prob=0.0, priority_share=1.0, reasoning_turn_share=0.0)
+                     max_turns=1, priority_share=1.0, type_shares={"code": 1.0})
     reqs = trace.requests
     assert all(r.system_toks == 512 and r.priority == 1 and not r.ephemeral for r in reqs)
-    assert all(r.next_turn_s == -1 and r.reasoning_toks == 0 for r in reqs)
+    assert all(r.next_turn_s == -1 and r.request_type == "code" for r in reqs)
     assert len({r.session_id for r in reqs}) == len(reqs)
+    with pytest.raises(ValueError):
+        generate("sharegpt", duration_s=20.0, rng=rng(), type_shares={"chat": 0.5})
 
 
 # ---- plain workloads -------------------------------------------------------------------------

@@ -55,6 +55,24 @@ class ActionsMixin:
         """Every sequence holding KV (GPU or host), in id order."""
         return [s for s in self.live.values() if s.state in VISIBLE]
 
+    def pending_wrong_answers(self, last_turn: dict[int, int], later_requests: int) -> float:
+        """Expected wrong answers that quantized KV held now will still cause: generations
+        that will finish on it, retained contexts their session's next turn (``last_turn``:
+        session -> its last turn in the trace) will read, and a compressed system prompt that
+        ``later_requests`` more requests will read (counted at the chat rate, the lowest)."""
+        wrong = self._quality_cost
+        total = 0.0
+        for seq in self.live.values():
+            if not seq.tier or seq.req is None:
+                continue
+            if seq.kind == "generation":
+                total += wrong[seq.rtype][seq.tier]
+            elif seq.kind == "context" and last_turn.get(seq.session_id, -1) > seq.req.turn:
+                total += wrong[seq.rtype][seq.tier]
+        if self.system_tier:
+            total += later_requests * wrong[0][self.system_tier]
+        return total
+
     def clone(self):
         """An independent copy for lookahead search (shares the immutable profile and trace)."""
         return clone_engine(self)
@@ -63,8 +81,9 @@ class ActionsMixin:
     def keep(self) -> None:
         """Do nothing."""
 
-    def evict(self, seq_id: int) -> int:
-        """Drop a sequence's KV; return the fp16-equivalent blocks freed on the GPU.
+    def evict(self, seq_id: int) -> float:
+        """Drop a sequence's KV; return the fp16-equivalent blocks freed on the GPU (the
+        units of its blocks no other sequence holds, / 4).
 
         A running or swapped request goes back to the front of the queue and recomputes.
         """
@@ -86,7 +105,7 @@ class ActionsMixin:
             seq.evicted += 1
             self.waiting.appendleft(seq)
             self.stats.evicted_active += 1
-        return (self.pool.allocatable_units - before) // UNITS_PER_BLOCK
+        return (self.pool.allocatable_units - before) / UNITS_PER_BLOCK
 
     def compress(self, seq_id: int) -> int:
         """Quantize a sequence one precision tier down; return the units freed.
@@ -112,6 +131,8 @@ class ActionsMixin:
         freed = shrink(seq.blocks[cut:] if cut else seq.blocks, units,
                        shared_too=seq.kind == "system")
         seq.tier = tier
+        if seq.kind == "system":
+            self.system_tier = tier
         remember_units(seq, known - freed)
         return freed_prefix + freed
 
@@ -178,6 +199,7 @@ class ActionsMixin:
         while self.swapped and len(self.running) < self.config.max_num_seqs:
             seq = self.swapped[0]
             if not self._swap_in(seq):
+                self._memory_blocked = True
                 return
             self.swapped.popleft()
             self.running.append(seq)
@@ -224,6 +246,10 @@ class ActionsMixin:
                 self._release(holder)
 
     def _finish(self, seq: Sequence) -> None:
+        if seq.tier:
+            self.stats.wrong_answers += self._quality_cost[seq.rtype][seq.tier]
+        if self._children:
+            self.release_children(seq)
         retain = self.config.retention_s > 0 and seq.req is not None
         known = count_units(seq, self.pool.units, self.config.block_size) if retain else 0
         seq.state = State.FINISHED

@@ -36,6 +36,7 @@ def clone_engine(engine):
     new.stats = copy.copy(engine.stats)
     new.timeseries = copy.deepcopy(engine.timeseries)
     new._expiry = list(engine._expiry)
+    new._released = list(engine._released)
     new._session_context = {k: seq(s) for k, s in engine._session_context.items()}
     new._system = seq(engine._system)
     new._hits_memo = None

@@ -52,7 +52,7 @@ def decode_run(engine, until: float) -> float:
         growth += factor
         add[-computed % bs] += UNITS_PER_BLOCK >> seq.tier
         if seq.tier:
-            loss += quality[seq.tier]
+            loss += quality[seq.rtype][seq.tier]
     max_k = first_finish - 1  # the finishing iteration goes through the normal path
     if max_k < 2:
         engine._decode_run_after = engine.iterations + BACKOFF
@@ -96,5 +96,7 @@ def decode_run(engine, until: float) -> float:
     stats.quality_loss += k * loss
     engine.iterations += k
     served = t - engine.now
+    if engine._memory_blocked:  # set by decode_room: the queue head waits for KV memory
+        stats.memory_blocked_s += served
     engine.now = t
     return served

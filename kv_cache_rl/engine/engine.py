@@ -19,6 +19,7 @@ and retention in :mod:`.actions`, the pure-decode fast path in :mod:`.decode_run
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 
 from kv_cache_rl.config import EngineConfig, Trace, TraceRequest
@@ -43,7 +44,10 @@ class Engine(SchedulerMixin, ActionsMixin):
         self.trace = trace
         self._iteration_time_s = profile.cost.iteration_time_s
         self._attention_factor = tuple(t.attention_factor for t in profile.tiers)
-        self._quality_cost = tuple(t.quality_cost for t in profile.tiers)
+        # per request type, per tier: the chance that a token decoded on that KV is wasted
+        # (an expected wrong answer; PrecisionTier.wrong_answer)
+        self._quality_cost = tuple(tuple(t.wrong_answer_p(r) for t in profile.tiers)
+                                   for r in range(len(config.default_tiers)))
         # bytes of one pool unit (a quarter of an fp16 block), for host-link transfer times
         self.unit_bytes = profile.model.kv_bytes_per_token * config.block_size // UNITS_PER_BLOCK
         self.pool = BlockPool(config.num_gpu_blocks, enable_caching=config.enable_prefix_caching)
@@ -69,12 +73,23 @@ class Engine(SchedulerMixin, ActionsMixin):
         self._expiry: list[tuple[float, int]] = []  # (expires_s, seq_id) heap of retained KV
         self._session_context: dict[int, Sequence] = {}
         self._system: Sequence | None = None
+        # closed loop: which requests each request's finish releases (immutable, shared by
+        # clones), and a heap of (release time, trace index) for those released, not arrived
+        self._children: dict[int, list[int]] = {}
+        if config.closed_loop:
+            for i, req in enumerate(trace.requests):
+                if req.after >= 0:
+                    self._children.setdefault(req.after, []).append(i)
+        self._released: list[tuple[float, int]] = []
+        self._trace_index: dict[int, int] | None = None
+        self._memory_blocked = False  # this iteration, work waited for KV memory
+        self.system_tier = 0  # precision of the shared system prompt (an agent may compress it)
 
     # ---- time ---------------------------------------------------------------------------
     @property
     def done(self) -> bool:
         return (self._next_arrival >= len(self.trace.requests) and not self.waiting
-                and not self.running and not self.swapped)
+                and not self.running and not self.swapped and not self._released)
 
     def next_event_s(self) -> float | None:
         """When something happens if the engine is idle: an arrival or a retention expiry."""
@@ -83,6 +98,8 @@ class Engine(SchedulerMixin, ActionsMixin):
             times.append(self.trace.requests[self._next_arrival].arrival_s)
         if self._expiry:
             times.append(self._expiry[0][0])
+        if self._released:
+            times.append(self._released[0][0])
         return min(times) if times else None
 
     def run_until(self, t_end: float) -> None:
@@ -103,6 +120,8 @@ class Engine(SchedulerMixin, ActionsMixin):
 
     def _idle_until(self, t: float) -> None:
         if t > self.now:
+            if self.waiting or self.swapped:  # work waits and nothing runs: pinned KV holds it
+                self.stats.memory_blocked_s += t - self.now
             self.stats.observe(t - self.now, self.pool.usage, len(self.running), len(self.waiting))
             if self.timeseries is not None:
                 self.timeseries.record(self, t, 0, 0)
@@ -130,6 +149,7 @@ class Engine(SchedulerMixin, ActionsMixin):
         """
         pool = self.pool
         budget = self.config.max_num_batched_tokens - len(self.running)
+        self._memory_blocked = False
         if not self.waiting or len(self.running) >= self.config.max_num_seqs or budget <= 0:
             return pool.allocatable_units
         head = self.waiting[0]
@@ -140,6 +160,7 @@ class Engine(SchedulerMixin, ActionsMixin):
         _, hit_cost, _, need, tier, _ = self._admission(head, budget)
         if need * (UNITS_PER_BLOCK >> tier) + hit_cost <= pool.allocatable_units:
             return 0
+        self._memory_blocked = True  # the head waits for KV memory while the run decodes
         return pool.free_units if hit_cost else pool.allocatable_units
 
     def step(self) -> float:
@@ -172,6 +193,8 @@ class Engine(SchedulerMixin, ActionsMixin):
         if scheduled or num_decodes:
             dt += self._iteration_time_s(chunks, num_decodes, kv_sum)
         self._stall_s = 0.0
+        if self._memory_blocked:
+            self.stats.memory_blocked_s += dt
         self.stats.observe(dt, self.pool.usage, len(self.running), len(self.waiting))
         self.now += dt
         self.iterations += 1
@@ -187,20 +210,46 @@ class Engine(SchedulerMixin, ActionsMixin):
         requests = self.trace.requests
         i = self._next_arrival
         now = self.now
-        limit = min(self.config.max_model_len, self.config.num_gpu_tokens)
+        due: list[tuple[float, int]] = []
+        held = self._children  # closed loop: requests with a parent wait for its release
         while i < len(requests) and requests[i].arrival_s <= now:
-            req = requests[i]
+            if not (held and requests[i].after >= 0):
+                due.append((requests[i].arrival_s, i))
             i += 1
+        self._next_arrival = i
+        released = self._released
+        if released and released[0][0] <= now:
+            while released and released[0][0] <= now:
+                due.append(heapq.heappop(released))
+            due.sort()  # FCFS across both sources
+        limit = min(self.config.max_model_len, self.config.num_gpu_tokens)
+        for arrival_s, j in due:
+            req = requests[j]
             if req.input_toks + req.output_toks > limit:
                 # vLLM rejects a request that can never fit (longer than max_model_len / cache)
                 self.stats.rejected += 1
                 continue
-            self.waiting.append(self._new_sequence(req))
-        self._next_arrival = i
+            self.waiting.append(self._new_sequence(req, arrival_s))
 
-    def _new_sequence(self, req: TraceRequest) -> Sequence:
+    def release_children(self, seq: Sequence) -> None:
+        """Closed loop: a finished request releases its session's next turn (and sub-agent
+        calls) their pause after now."""
+        children = self._children.get(self._index_of(seq.req))
+        if children:
+            requests = self.trace.requests
+            for j in children:
+                heapq.heappush(self._released, (self.now + requests[j].after_s, j))
+
+    def _index_of(self, req: TraceRequest) -> int:
+        index = self._trace_index
+        if index is None:  # built on first use, shared by clones (the trace is immutable)
+            index = self._trace_index = {id(r): i for i, r in enumerate(self.trace.requests)}
+        return index.get(id(req), -1)
+
+    def _new_sequence(self, req: TraceRequest, arrival_s: float | None = None) -> Sequence:
         seq = Sequence(self._next_seq_id, req, "generation", req.input_toks, req.output_toks,
-                       req.arrival_s)
+                       req.arrival_s if arrival_s is None else arrival_s)
+        seq.tier = self.config.default_tiers[seq.rtype]
         self._next_seq_id += 1
         if req.hash_ids and self.config.enable_prefix_caching:
             keys = self._keys_cache.get(id(req))
@@ -238,15 +287,18 @@ class Engine(SchedulerMixin, ActionsMixin):
             return keys
         return [ids[e // hbt] * hbt + e % hbt for e in range(bs - 1, n_full * bs, bs)]
 
-    def _reclaim_pinned(self) -> bool:
-        """Nothing runs and the queue head does not fit: release the least recently used
-        retained KV (the system prefix last). Retention is best-effort, as in Dynamo's
-        priority eviction; a server never idles on pinned memory with work waiting (queued,
-        or swapped out and unable to come back)."""
-        if not (self.waiting or self.swapped):
+    def _reclaim_pinned(self, running: bool = False) -> bool:
+        """Nothing runs and the queue head does not fit (or, with ``running``, a running
+        request needs a block): release the least recently used retained KV (the system
+        prefix last). Retention is best-effort, as in Dynamo's priority eviction; a server
+        never idles on pinned memory with work waiting (queued, or swapped out and unable to
+        come back)."""
+        if not (running or self.waiting or self.swapped):
             return False
-        holders = [s for s in self.live.values()
-                   if s.state in (State.RETAINED, State.SWAPPED) and s.kind != "generation"]
+        states = (State.RETAINED,) if running else (State.RETAINED, State.SWAPPED)
+        holders = [s for s in self.live.values() if s.state in states and s.kind != "generation"]
+        if running:  # only what frees GPU blocks now (the system prompt is every request's)
+            holders = [s for s in holders if s.kind != "system"]
         if not holders:
             return False
         victim = min(holders, key=lambda s: (s.kind == "system", s.last_active_s, s.seq_id))

@@ -22,7 +22,10 @@ class EngineStats:
     swap_out_bytes: int = 0
     swap_in_bytes: int = 0
     swap_latency_s: float = 0.0  # host-link time spent by swaps, stalling the engine
-    quality_loss: float = 0.0  # sum over generated tokens of their KV precision's quality cost
+    quality_loss: float = 0.0  # expected wasted tokens: per token, P(wrong) at its KV precision
+    wrong_answers: float = 0.0  # expected wrong answers of finished requests (their KV precision)
+    cached_prompt_tokens: int = 0  # prompt tokens served from the prefix cache at admission
+    memory_blocked_s: float = 0.0  # time in which waiting work could not start for KV memory
     peak_running: int = 0
     peak_waiting: int = 0
     busy_s: float = 0.0

@@ -49,7 +49,7 @@ class SchedulerMixin:
                 tier = seq.tier
                 if tier:
                     kv_sum += (computed + 1) * attention[tier]
-                    loss += quality[tier]
+                    loss += quality[seq.rtype][tier]
                 else:
                     kv_sum += computed + 1  # fp16's attention factor is 1 by definition
                 seq.num_computed = computed + 1
@@ -69,6 +69,8 @@ class SchedulerMixin:
             if need > 0:
                 units = UNITS_PER_BLOCK >> seq.tier
                 while not reserve(need * units):
+                    if self.config.retention_yields and self._reclaim_pinned(running=True):
+                        continue  # retained KV gives way before a running request is preempted
                     victim = running.pop()
                     n_running -= 1
                     self._preempt(victim)
@@ -86,7 +88,7 @@ class SchedulerMixin:
                 tier = seq.tier
                 kv_sum += (computed + 1) * attention[tier]
                 if tier:
-                    loss += quality[tier]
+                    loss += quality[seq.rtype][tier]
                 seq.num_computed = computed + 1
                 seq.num_tokens += 1
                 seq.num_output = out + 1
@@ -98,6 +100,7 @@ class SchedulerMixin:
         num_decodes = i - len(scheduled)
         self.stats.quality_loss += loss
         self._preempted = preempted
+        self._memory_blocked = preempted  # a preemption: the batch itself ran out of blocks
         if not preempted:
             if self.swapped:
                 self._swap_in_requests()
@@ -116,12 +119,15 @@ class SchedulerMixin:
             context = self._session_context.get(seq.session_id) if seq.session_id >= 0 else None
             if context is not None and context.state == State.SWAPPED:
                 if not self._swap_in(context):
+                    self._memory_blocked = True
                     break  # its context is coming back from host memory first
             hits, hit_cost, n, need, tier, hit_units = self._admission(seq, budget)
             units = UNITS_PER_BLOCK >> tier
             if need * units + hit_cost > pool.allocatable_units:
+                self._memory_blocked = True
                 break
             computed = len(hits) * bs
+            self.stats.cached_prompt_tokens += computed
             seq.tier = tier
             inherited = _held_within(context, hits) if context is not None else None
             if inherited is None:
@@ -160,6 +166,8 @@ class SchedulerMixin:
         tier = seq.tier
         if smallest < UNITS_PER_BLOCK >> tier:  # a quantized shared prefix lowers the tier
             tier = 3 - smallest.bit_length()
+        if self.system_tier > tier and seq.system_blocks(bs):
+            tier = self.system_tier  # every request reads the (compressed) system prompt
         return hits, hit_cost, n, need, tier, hit_units
 
     def _prefix_hits(self, seq: Sequence) -> tuple[list[int], int, int, int]:
@@ -195,7 +203,11 @@ class SchedulerMixin:
         if hits:
             sizes = gather(pool.units, hits)
             cost = sum(select(sizes, map(not_, refs))) if 0 in refs else 0  # cached but free
-            found = hits, cost, min(sizes), sum(sizes[seq.system_blocks(self.config.block_size):])
+            cut = seq.system_blocks(self.config.block_size)
+            # the system prefix's precision is the engine's system_tier (set when an agent
+            # compresses it), not whichever traffic class computed it first
+            smallest = min(sizes[cut:]) if len(sizes) > cut else UNITS_PER_BLOCK
+            found = hits, cost, smallest, sum(sizes[cut:])
         else:
             found = hits, 0, UNITS_PER_BLOCK, 0
         j, keys = len(hits), seq.shared_keys
@@ -256,7 +268,7 @@ class SchedulerMixin:
                 seq.num_tokens += 1
                 generated += 1
                 if seq.tier:
-                    self.stats.quality_loss += quality[seq.tier]
+                    self.stats.quality_loss += quality[seq.rtype][seq.tier]
                 if seq.first_token_s < 0:
                     seq.first_token_s = now
                 if seq.num_output >= seq.max_output:

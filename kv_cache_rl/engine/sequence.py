@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from kv_cache_rl.config import TraceRequest
+from kv_cache_rl.config import REQUEST_TYPES, TraceRequest
 from kv_cache_rl.engine.block_pool import gather
 
 KINDS = ("system", "context", "generation", "reasoning", "ephemeral")
@@ -34,7 +34,7 @@ class Sequence:
         "first_token_s", "finish_s", "last_active_s", "expires_s", "swapped_from",
         "num_preemptions", "num_kv_tokens", "session_id", "priority",
         "high_water", "cpu_units", "cpu_keys", "evicted", "num_tokens",
-        "size_memo",
+        "size_memo", "rtype",
     )
 
     def __init__(self, seq_id: int, req: TraceRequest | None, kind: str, prompt_len: int,
@@ -67,6 +67,7 @@ class Sequence:
         self.cpu_keys: list = []  # (block index, cache key) to republish on swap-in
         self.evicted = 0  # times an agent dropped this sequence's KV
         self.size_memo = None  # (blocks, tier, state, count, units): see count_units
+        self.rtype = REQUEST_TYPES.index(req.request_type) if req is not None else 0
 
     def copy(self) -> "Sequence":
         """An independent copy (for engine clones): its own block and host-key lists; the
@@ -100,6 +101,7 @@ class Sequence:
         new.cpu_keys = self.cpu_keys[:]
         new.evicted = self.evicted
         new.num_tokens = self.num_tokens
+        new.rtype = self.rtype
         memo = self.size_memo  # the size memo follows its block list
         new.size_memo = (new.blocks, *memo[1:]) if memo is not None and memo[0] is self.blocks \
             else None

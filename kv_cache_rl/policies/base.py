@@ -53,12 +53,27 @@ class PressurePolicy(Policy):
                   if not e.on_cpu and e.blocks > 0 and (s := self.score(e, obs)) is not None]
         scored.sort(key=lambda se: (-se[0], se[1].seq_id))
         actions = []
+        room = obs.cpu_total_blocks - obs.cpu_used_blocks  # host space left this step
         for _, entry in scored:
             if to_free <= 0 or len(actions) >= self.max_actions:
                 break
             kind, freed = self.action_for(entry, obs)
-            if kind == "keep":
+            if not feasible(kind, entry, room):
                 continue
+            if kind == "swap_to_cpu":
+                room -= entry.blocks
             actions.append(Action(kind, entry.seq_id))
             to_free -= freed
         return actions
+
+
+def feasible(kind: str, entry: Entry, room: float) -> bool:
+    """Whether the engine accepts ``kind`` on ``entry`` (``room``: free host blocks): the
+    observation's promise, so a policy never has a call refused."""
+    if kind == "evict":
+        return True
+    if kind == "compress":
+        return not entry.on_cpu and entry.tier < 2
+    if kind == "swap_to_cpu":
+        return not entry.on_cpu and 0 < entry.blocks <= room
+    return False

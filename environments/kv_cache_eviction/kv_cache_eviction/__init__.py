@@ -26,7 +26,7 @@ def __getattr__(name: str):
 def load_environment(difficulty: str = "all", num_examples: int = -1, seed: int = 42,
                      **kwargs):
     """The v0 environment (a ``vf.StatefulToolEnv``): needs verifiers>=0.3.1,<0.4. Extra
-    arguments: ``steps`` (15), ``max_calls_per_step`` (8), ``trace_path`` (None: generated
+    arguments: ``steps`` (20), ``max_calls_per_step`` (8), ``trace_path`` (None: generated
     episodes); the rest go to the env. Under
     verifiers 0.4 it raises an error naming the v1 entry point."""
     from kv_cache_eviction.v0 import load_environment as load

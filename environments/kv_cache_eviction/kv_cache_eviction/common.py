@@ -33,21 +33,25 @@ from kv_cache_rl.scenario import DIFFICULTIES, SCENARIO_OPTIONS, trace_file
 DIFFICULTY_CHOICES = ("all", *DIFFICULTIES)
 EXAMPLES_PER_DIFFICULTY = 100  # num_examples=-1: 100 seeds per difficulty (300 for "all")
 DEFAULT_SEED = 42
-DEFAULT_STEPS = 15
+DEFAULT_STEPS = 20
 RUBRIC_WEIGHTS = {fn.__name__: weight for fn, weight in RUBRIC}
-EXTRA_METRICS = ("invalid_calls",)  # not in the core rubric: malformed or refused calls
+# not in the core rubric: malformed or refused calls, and the episode's normalised score
+# (keep 0, the hindsight oracle 1: kv_cache_rl.bench.normalize)
+EXTRA_METRICS = ("invalid_calls", "normalized_score")
 
 SYSTEM_PROMPT = """\
-You manage the KV cache of an LLM inference server (vLLM-style paged attention) under memory \
-pressure. Every turn you see an observation of the cache; you answer with tool calls, which are \
-applied in order, and then the server runs for one step (one second) and you see the next \
-observation. The episode has a fixed number of steps.
+You manage the KV cache of an LLM inference server (vLLM-style paged attention, Llama-3.1-8B on \
+one RTX PRO 6000) under memory pressure. Every turn you see an observation of the cache; you \
+answer with tool calls, which are applied in order, and then the server runs for one step \
+({step_s} seconds) and you see the next observation. The episode has a fixed number of steps. \
+Agent sessions come back a tool-call pause after their turn ends (search, python, shell calls \
+take seconds; a user may take minutes or never return); a late turn delays its session.
 
 Tools (act only on ids listed in visible_seq_ids):
 - evict(seq_id): drop an entry's KV blocks. A running generation is aborted and must recompute; \
 a session's context or the system prompt that is needed again must be recomputed.
 - compress(seq_id): quantize an entry one precision tier (fp16 -> int8 -> int4), halving its \
-memory at a small quality cost.
+memory; answers later decoded on it risk being wrong (costs below).
 - swap_to_cpu(seq_id): move an entry to host memory over PCIe (costs transfer time, frees GPU \
 memory, bounded by the cpu swap space).
 - keep(): do nothing this step.
@@ -56,10 +60,26 @@ Send all of a step's actions as tool calls in one message (at most {max_calls} p
 send keep() when no action is needed. A message with no tool call also counts as a step with \
 no action.
 
-Goal: no preemptions or aborted requests, high throughput, memory usage below 0.95 (ideally \
-below 0.8), few evictions of entries that are needed again, little swap traffic. The columns of \
-an entry row are: id kind tokens blocks tier loc prio progress idle_s value, where value is an \
-estimate of how safe the entry is to evict (1.0 safest)."""
+Costs, as the operator measured them: recomputing a dropped prompt takes {prefill_us:.0f} us per \
+token; moving one block (16 tokens) over PCIe takes {swap_us:.0f} us each way; an answer decoded \
+on quantized KV is wrong with probability (int8 / int4): chat {chat8:g} / {chat4:g}, code \
+{code8:g} / {code4:g}, reasoning {reas8:g} / {reas4:g}. Chat traffic already runs on int8 (fp8) KV.
+
+Objective (the reward): few failed requests (engine preemptions when the pool runs out of \
+blocks, generations you abort by evicting them, expected wrong answers from quantized KV, \
+including quantized KV a returning session will read), high goodput (tokens of correct \
+answers), room to admit arriving requests (time in which waiting work could not start for \
+lack of KV memory counts against you; free memory beyond that earns nothing), a prefix-cache \
+hit rate near the unlimited-memory server's, few evictions of entries needed again, little \
+swap time. The score is normalised per episode: the server with no agent scores 0, a \
+hindsight oracle that uses these same tools scores 1.
+
+Entry columns: id kind type session turns waits tokens blocks tier loc prio progress idle_s \
+pause_s. type is the session's application; turns its turns so far; waits what a \
+context's session waits on (user, or the tool in flight); idle_s the seconds since it last \
+ran; pause_s the mean pause between its earlier turns; blocks exactly what evicting it frees \
+(and what swapping moves; compressing frees at most half); progress is a generation's share \
+of its output done. The eviction candidates are listed safest first."""
 
 
 # The tools' descriptions (their schemas' text in both adapters).
@@ -68,7 +88,8 @@ TOOL_DOCS = {
              "once. A running generation is aborted and recomputed later; context or a system "
              "prompt that is needed again must be recomputed.",
     "compress": "Compress the entry `seq_id` (one of visible_seq_ids) one precision tier (fp16 "
-                "-> int8 -> int4), halving the GPU memory it holds at a small quality cost.",
+                "-> int8 -> int4), halving the GPU memory it holds; answers decoded on it "
+                "risk being wrong, by request type (reasoning most).",
     "swap_to_cpu": "Swap the entry `seq_id` (one of visible_seq_ids) to host memory over PCIe: "
                    "frees its GPU blocks, costs transfer time, limited by the cpu swap space.",
     "keep": "Take no action this step.",
@@ -126,8 +147,17 @@ def new_episode(difficulty: str, seed: int, steps: int, max_calls_per_step: int,
                              trace_path=trace_path)
 
 
-def system_prompt(max_calls_per_step: int) -> str:
-    return SYSTEM_PROMPT.replace("{max_calls}", str(max_calls_per_step))
+def system_prompt(max_calls_per_step: int, step_s: float = 3.0) -> str:
+    """The instructions, with the costs of the shipped profile filled in."""
+    from kv_cache_rl.policies.costs import costs
+
+    c = costs()
+    w = c["wrong"]
+    return SYSTEM_PROMPT.replace("{max_calls}", str(max_calls_per_step)).format(
+        step_s=f"{step_s:g}", prefill_us=1e6 * c["prefill_s_per_token"],
+        swap_us=1e6 * c["swap_s_per_block"], chat8=w["chat"][1], chat4=w["chat"][2],
+        code8=w["code"][1], code4=w["code"][2], reas8=w["reasoning"][1],
+        reas4=w["reasoning"][2])
 
 
 def user_prompt(episode: Episode) -> str:
@@ -178,8 +208,15 @@ def finish(episode: Episode) -> Episode:
 
 def scores(episode: Episode) -> dict[str, float]:
     """The core rubric's values (and ``reward``) plus the extra metrics."""
+    from kv_cache_rl.bench import normalize
+    from kv_cache_rl.policies.oracle import played
+
     values = dict(episode.score())
     values["invalid_calls"] = float(episode.record.invalid_actions)
+    sc, cap = episode.scenario, episode.max_calls_per_step
+    # keep's and the oracle's rewards, computed once per scenario (memoised on it)
+    values["normalized_score"] = normalize(values["reward"], played(sc, "keep", cap)[0],
+                                           played(sc, "oracle", cap)[0])
     return values
 
 

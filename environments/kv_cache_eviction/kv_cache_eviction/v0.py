@@ -77,7 +77,7 @@ def _rubric_func(name: str):
 
 
 def load_environment(difficulty: str = "all", num_examples: int = -1, seed: int = 42,
-                     steps: int = 15, max_calls_per_step: int = 8,
+                     steps: int = 20, max_calls_per_step: int = 8,
                      trace_path: str | None = None, **kwargs):
     """The v0 environment. ``difficulty`` all|easy|medium|hard; ``num_examples`` -1 = the
     whole catalogue (100 seeds per difficulty); task ``i`` is scenario

@@ -48,7 +48,7 @@ class KVCacheEvictionConfig(vf.TasksetConfig):
     seed: int = 42
     """The first scenario seed: task i is (DIFFICULTIES[i % 3], seed + i // 3) for ``all``,
     (difficulty, seed + i) otherwise."""
-    steps: int = Field(15, ge=1)
+    steps: int = Field(20, ge=1)
     """Simulator steps (assistant turns) per episode."""
     max_calls_per_step: int = Field(8, ge=1)
     """At most this many actions per assistant message; later ones get an error."""
