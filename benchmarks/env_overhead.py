@@ -1,4 +1,4 @@
-"""The verifiers environment's cost per turn, and the tokens of a 15-step episode.
+"""The verifiers environment's cost per turn, and the tokens of an episode (20 steps).
 
     .venvs/vf04/bin/python benchmarks/env_overhead.py overhead --api v1   # verifiers 0.4
     .venvs/vf031/bin/python benchmarks/env_overhead.py overhead --api v0  # verifiers 0.3.1
@@ -17,7 +17,7 @@ verifiers' own cost (HTTP to the tool server, the harness program) is not includ
 ``timing`` of a trace.
 
 ``tokens`` counts (o200k_base when available, else cl100k) the prompt, the text the model reads
-per turn and the whole conversation of a 15-step ``compress_first`` episode, as both adapters
+per turn and the whole conversation of a 20-step ``compress_first`` episode, as both adapters
 build it (one assistant message per step, its tool calls as JSON).
 """
 
@@ -218,7 +218,7 @@ def main(argv=None) -> None:
     parser.add_argument("what", choices=("overhead", "tokens"))
     parser.add_argument("--api", choices=("v0", "v1"), default="v1")
     parser.add_argument("--episodes", type=int, default=3, help="per difficulty")
-    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args(argv)
     if args.what == "tokens":

@@ -1,4 +1,4 @@
-"""Environment steps per second of ``KVCacheEviction-v0``: one env, and vectorized.
+"""Environment steps per second of ``KVCacheEviction-v1``: one env, and vectorized.
 
     python benchmarks/gym_speed.py [--steps 600] [--envs 4] [--json out.json]
 
@@ -25,7 +25,7 @@ POOL = range(1000, 1008)
 
 
 def _make(difficulty: str):
-    return lambda: gym.make("KVCacheEviction-v0", difficulty=difficulty, seeds=POOL)
+    return lambda: gym.make("KVCacheEviction-v1", difficulty=difficulty, seeds=POOL)
 
 
 def single(steps: int, difficulty: str) -> float:

@@ -2,7 +2,7 @@
 
 import sys
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 GYM_ENV_ID = "KVCacheEviction-v1"  # task version 2 (normalised score, closed-loop sessions)
 GYM_ENV_IDS = (GYM_ENV_ID, "KVCacheEviction-v0")  # v0 still made: the same, current task

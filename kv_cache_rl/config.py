@@ -121,9 +121,6 @@ class EngineConfig:
     retention_s: float = 0.0
     max_model_len: int = 131072
     closed_loop: bool = False  # release a session's next turn when the previous one finishes
-    # retained KV is released (least recently used first) before a running request would be
-    # preempted for a block (Dynamo: retention is a priority, not a reservation)
-    retention_yields: bool = False
     # the KV precision a request starts at, per REQUEST_TYPES (0 fp16, 1 fp8/int8): the
     # deployment's kv_cache_dtype as an operator sets it per traffic class
     default_tiers: tuple[int, ...] = (0, 0, 0)

@@ -1,5 +1,8 @@
 """Fixed-size numeric features of an :class:`~kv_cache_rl.observation.Observation`.
 
+Features are only ever appended (consumers index them by name), so a scorer trained on an
+earlier list keeps reading the same columns.
+
 Shared by the Gymnasium env (its observation vector) and the ``learned`` policy (its scorer),
 so a policy trained on either sees the same numbers. Everything here is computed from the
 observation alone (sizes, kinds, precision, location, priority, progress, idle time, queue),
@@ -16,6 +19,7 @@ import math
 
 import numpy as np
 
+from kv_cache_rl.config import REQUEST_TYPES
 from kv_cache_rl.observation import CONTEXT_PAUSE_S, KIND_ORDER, TOP_K, Entry, Observation
 
 NUM_SLOTS = 2 * TOP_K  # top_memory and top_candidates together: every id an agent may act on
@@ -43,6 +47,11 @@ ENTRY_FEATURES = (
     "idle",  # idle seconds / CONTEXT_PAUSE_S, clipped
     "can_compress",  # on the GPU and above int4
     "can_swap",  # on the GPU and fits in the host's free swap space
+    *(f"type_{t}" for t in REQUEST_TYPES),  # one-hot request type of its session
+    "turns",  # turns the session has completed / 20, clipped
+    "waits_user",  # a context whose session waits on its user
+    "waits_tool",  # a context whose session waits on a tool call
+    "pause",  # mean past pause of the session / CONTEXT_PAUSE_S, clipped (0: none yet)
 )
 NUM_GLOBAL = len(GLOBAL_FEATURES)
 NUM_ENTRY = len(ENTRY_FEATURES)
@@ -93,6 +102,9 @@ def _entry_row(e: Entry, budget: int, room: float) -> list[float]:
         math.log1p(max(e.tokens, 0)) / _LOG_TOKENS, e.tier / 2, float(e.on_cpu),
         1.0 if e.priority > 0 else 0.0, _clip(e.progress), _clip(e.idle_s / CONTEXT_PAUSE_S),
         float(not e.on_cpu and e.tier < 2), float(not e.on_cpu and 0 < e.blocks <= room),
+        *(1.0 if e.request_type == t else 0.0 for t in REQUEST_TYPES), _clip(e.turns / 20),
+        float(e.tool == "user"), float(e.tool not in ("user", "-")),
+        _clip(e.pause_s / CONTEXT_PAUSE_S) if e.pause_s > 0 else 0.0,
     ]
 
 

@@ -51,7 +51,7 @@ class KVCacheEvictionEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Observation Space
 
-    `Box(-1, 1, (9 + 12 * 16,), float32)`, built by :func:`kv_cache_rl.features.encode` from the
+    `Box(-1, 1, (9 + 12 * 23,), float32)`, built by :func:`kv_cache_rl.features.encode` from the
     same :class:`~kv_cache_rl.observation.Observation` LLM agents read as text (no future):
 
     | Index            | Observation                                                       |
@@ -59,9 +59,11 @@ class KVCacheEvictionEnv(gym.Env[np.ndarray, np.ndarray]):
     | 0-8              | globals: memory_usage, pending/32, queue growth/8, pending tokens,|
     |                  | oldest wait/30 s, running/64, free host swap/budget, steps        |
     |                  | remaining, pressure steps so far (``GLOBAL_FEATURES``)            |
-    | 9 + 16 s + j     | slot s, feature j (``ENTRY_FEATURES``): present, kind one-hot (5),|
+    | 9 + 23 s + j     | slot s, feature j (``ENTRY_FEATURES``): present, kind one-hot (5),|
     |                  | eviction_value, blocks x 4/budget, log tokens, tier, on_cpu,      |
-    |                  | priority, progress, idle/30 s, can_compress, can_swap             |
+    |                  | priority, progress, idle/30 s, can_compress, can_swap, request    |
+    |                  | type one-hot (3), turns/20, waits on user, waits on a tool,       |
+    |                  | mean past pause/30 s                                              |
 
     Slots list the eviction candidates (safest first), then the largest entries not already
     listed; empty slots are all zeros. ``info["seq_ids"]`` gives each slot's sequence id (-1

@@ -47,9 +47,11 @@ class Tier:
     workload because prompt sizes differ tenfold: Mooncake prompts (median ~13k tokens with
     context) saturate prefill at ~2 req/s on this card, Azure ones (~4k) do not: Azure windows
     are decode-bound (KV memory sets the batch), Mooncake ones prefill-bound.
-    ``types`` is the share of sessions per request type; harder tiers carry more long
-    reasoning, whose answers quantized KV puts at risk. ``swap_bytes`` is vLLM's
-    ``swap_space`` (4 GiB by default; a host shared by more GPUs gives each less).
+    ``types`` is the share of sessions per request type: agentic traffic is mostly long
+    reasoning, whose answers quantized KV puts at risk (with mostly chat and code, quantizing
+    anything is nearly free and no choice matters). ``swap_bytes`` is vLLM's ``swap_space``
+    (4 GiB by default; offloading deployments give the host tier more, a host shared by more
+    GPUs gives each less).
     """
 
     memory: tuple[float, float]
@@ -59,13 +61,13 @@ class Tier:
 
 
 TIERS = {
-    "easy": Tier((0.75, 0.90), {"azure_conv": (1.5, 2.5), "mooncake_conversation": (0.5, 1.0)},
-                 {"chat": 0.5, "code": 0.3, "reasoning": 0.2}),
-    "medium": Tier((0.50, 0.70), {"azure_conv": (2.0, 3.0), "mooncake_conversation": (1.0, 1.5),
+    "easy": Tier((0.55, 0.70), {"azure_conv": (1.5, 2.5), "mooncake_conversation": (0.5, 1.0)},
+                 {"chat": 0.2, "code": 0.2, "reasoning": 0.6}, 32 << 30),
+    "medium": Tier((0.50, 0.65), {"azure_conv": (2.0, 3.0), "mooncake_conversation": (1.0, 1.5),
                                   "mooncake_synthetic": (0.75, 1.25)},
-                   {"chat": 0.3, "code": 0.3, "reasoning": 0.4}, 2 << 30),
+                   {"chat": 0.2, "code": 0.2, "reasoning": 0.6}, 16 << 30),
     "hard": Tier((0.35, 0.50), {"azure_code": (2.0, 3.5), "mooncake_synthetic": (1.25, 2.0)},
-                 {"chat": 0.15, "code": 0.2, "reasoning": 0.65}, 1 << 30),
+                 {"chat": 0.15, "code": 0.2, "reasoning": 0.65}, 8 << 30),
 }
 
 

@@ -216,6 +216,6 @@ def test_out_of_range_code_names_slot_and_code(code):
 
 def test_new_id_and_old_id_make_the_same_env():
     a = gym.make("KVCacheEviction-v1", difficulty="easy", seeds=POOL)
-    with pytest.warns(UserWarning, match="out of date"):  # gymnasium's own version notice
+    with pytest.warns(DeprecationWarning, match="out of date"):  # gymnasium's own notice
         b = gym.make("KVCacheEviction-v0", difficulty="easy", seeds=POOL)
     assert (a.reset(seed=3)[0] == b.reset(seed=3)[0]).all()

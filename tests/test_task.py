@@ -3,13 +3,13 @@ state-blind battery, and the names users' scripts rely on."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from kv_cache_rl.bench import normalize
 from kv_cache_rl.engine import Engine
 from kv_cache_rl.episode import Action, Episode
 from kv_cache_rl.policies import POLICIES, make_policy
@@ -18,16 +18,23 @@ from kv_cache_rl.runner import play
 from kv_cache_rl.scenario import DIFFICULTIES, TASK_VERSION, make_scenario
 from tests.support.blind import battery
 
-TABLE = Path(__file__).parent / "data" / "task_table.json"
+# the bench's recorded run (seeds 0-19 of every tier, every registered policy): the README's
+# leaderboard and this file's reference table; a test recomputes a sample of it
+TABLE = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "bench.json"
 HEURISTICS = [n for n, cls in POLICIES.items()
               if not cls.sees_future and n not in ("keep", "random", "learned")]
 
 
 @pytest.fixture(scope="module")
 def table() -> dict:
+    """{"rewards": {"tier/seed": {policy: reward}}} from the recorded bench run."""
     data = json.loads(TABLE.read_text())
-    assert data["task_version"] == TASK_VERSION, "regenerate: benchmarks/task_table.py"
-    return data
+    assert data["task_version"] == TASK_VERSION, "re-run the bench (README, Benchmarks)"
+    rewards: dict = {}
+    for r in data["results"]:
+        for i, reward in enumerate(r["rewards"]):
+            rewards.setdefault(f"{r['difficulty']}/{data['seed'] + i}", {})[r["policy"]] = reward
+    return {"rewards": rewards}
 
 
 @pytest.mark.parametrize("tier,seed", [("hard", 1), ("easy", 4)])
@@ -76,10 +83,13 @@ def test_table_oracle_bounds_every_policy(table):
 
 
 def tier_scores(table, tier: str, rewards_of) -> float:
-    """Mean per-episode normalised score over the table's seeds of ``tier``."""
+    """The tier's normalised score over the table's seeds, as the bench reports it: the ratio
+    of means (mean R - mean R_keep) / (mean R_oracle - mean R_keep)."""
     keys = [k for k in table["rewards"] if k.startswith(tier + "/")]
-    return float(np.mean([normalize(rewards_of(k), table["rewards"][k]["keep"],
-                                    table["rewards"][k]["oracle"]) for k in keys]))
+    mean = lambda f: float(np.mean([f(k) for k in keys]))  # noqa: E731
+    keep = mean(lambda k: table["rewards"][k]["keep"])
+    oracle = mean(lambda k: table["rewards"][k]["oracle"])
+    return (mean(rewards_of) - keep) / (oracle - keep)
 
 
 def best_heuristic(table, tier: str) -> tuple[str, float]:
@@ -89,7 +99,7 @@ def best_heuristic(table, tier: str) -> tuple[str, float]:
     return name, scores[name]
 
 
-@pytest.mark.parametrize("tier", ["medium", "hard"])
+@pytest.mark.parametrize("tier", DIFFICULTIES)
 def test_state_blind_rules_stay_below_the_best_heuristic(table, tier):
     _, best = best_heuristic(table, tier)
     keys = [k for k in table["rewards"] if k.startswith(tier + "/")]
@@ -102,10 +112,10 @@ def test_state_blind_rules_stay_below_the_best_heuristic(table, tier):
         assert tier_scores(table, tier, lambda k: table["rewards"][k][name]) <= best - 0.15
 
 
-@pytest.mark.xfail(strict=True, reason="easy: a state-blind 'compress the largest entry at 0.9 "
-                   "usage' rule scores within 0.15 of the best heuristic (measured 0.99 vs 0.99)")
-def test_state_blind_rules_stay_below_the_best_heuristic_on_easy(table):
-    test_state_blind_rules_stay_below_the_best_heuristic(table, "easy")
+def test_keep_gets_worse_with_difficulty(table):
+    means = [np.mean([r["keep"] for k, r in table["rewards"].items() if k.startswith(t + "/")])
+             for t in DIFFICULTIES]
+    assert means[0] > means[1] > means[2]
 
 
 def test_best_heuristic_ordered_by_tier(table):
@@ -153,8 +163,22 @@ def test_pinned_names_stay_importable():
     assert callable(scenario.make_scenario) and callable(runner.play)
     assert ep.Episode and ep.Action and pol.POLICIES and pol.Policy and pol.make_policy
     assert {"seq_id", "kind", "blocks", "tier", "on_cpu"} <= set(Entry._fields)
-    assert {"visible", "memory_usage"} <= set(dir(Observation))
+    assert "visible" in dir(Observation)
+    assert "memory_usage" in {f.name for f in dataclasses.fields(Observation)}
     episode = play(make_scenario("easy", 0), make_policy("keep"))
     assert isinstance(episode.score()["reward"], float)
     assert episode.record.invalid_actions == 0
     assert "KVCacheEviction-v0" in __import__("kv_cache_rl").GYM_ENV_IDS
+
+
+def test_oracle_beats_keep_by_030_on_hard(table):
+    keys = [k for k in table["rewards"] if k.startswith("hard/")]
+    gap = np.mean([table["rewards"][k]["oracle"] - table["rewards"][k]["keep"] for k in keys])
+    assert gap >= 0.30
+
+
+@pytest.mark.xfail(strict=True, reason="type_aware scores 0.83 normalised on hard (bench, seeds "
+                   "0-19): the oracle's search finds too little above a type-aware rule")
+def test_no_hand_written_heuristic_above_075_on_hard(table):
+    for name in HEURISTICS:
+        assert tier_scores(table, "hard", lambda k, n=name: table["rewards"][k][n]) <= 0.75, name

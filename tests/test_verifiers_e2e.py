@@ -37,7 +37,9 @@ import pytest
 
 from kv_cache_rl.obs_text import find_observations
 from kv_cache_rl.observation import Observation
+from kv_cache_rl.bench import normalize
 from kv_cache_rl.policies import make_policy
+from kv_cache_rl.policies.oracle import played
 from kv_cache_rl.runner import play
 from kv_cache_rl.scenario import make_scenario
 
@@ -47,7 +49,7 @@ sys.path.insert(0, str(ROOT / "environments" / "kv_cache_eviction"))
 from kv_cache_eviction.common import play_turns  # noqa: E402
 
 VF04, VF031 = ROOT / ".venvs" / "vf04" / "bin", ROOT / ".venvs" / "vf031" / "bin"
-POLICY, BAD_SEED, STEPS = "compress_first", 43, 15
+POLICY, BAD_SEED, STEPS = "compress_first", 43, 20
 KEY_VAR = "KV_E2E_KEY"
 
 if os.environ.get("KV_E2E") == "0":
@@ -128,7 +130,10 @@ def check(difficulty: str, seed: int, turns: list, results: list, scores: dict,
     if seed != BAD_SEED:
         direct = play(make_scenario(difficulty, seed, steps=STEPS, trace_path=trace_path),
                       make_policy(POLICY))
-        assert core["scores"] == {**direct.score(), "invalid_calls": 0.0}
+        sc = direct.scenario
+        assert core["scores"] == {**direct.score(), "invalid_calls": 0.0, "normalized_score":
+                                  normalize(direct.score()["reward"], played(sc, "keep", 8)[0],
+                                            played(sc, "oracle", 8)[0])}
     for turn in results:
         assert not any("Traceback" in text for text in turn)
 

@@ -287,18 +287,15 @@ class Engine(SchedulerMixin, ActionsMixin):
             return keys
         return [ids[e // hbt] * hbt + e % hbt for e in range(bs - 1, n_full * bs, bs)]
 
-    def _reclaim_pinned(self, running: bool = False) -> bool:
-        """Nothing runs and the queue head does not fit (or, with ``running``, a running
-        request needs a block): release the least recently used retained KV (the system
-        prefix last). Retention is best-effort, as in Dynamo's priority eviction; a server
-        never idles on pinned memory with work waiting (queued, or swapped out and unable to
-        come back)."""
-        if not (running or self.waiting or self.swapped):
+    def _reclaim_pinned(self) -> bool:
+        """Nothing runs and the queue head does not fit: release the least recently used
+        retained KV (the system prefix last). Retention is best-effort, as in Dynamo's
+        priority eviction; a server never idles on pinned memory with work waiting (queued,
+        or swapped out and unable to come back)."""
+        if not (self.waiting or self.swapped):
             return False
-        states = (State.RETAINED,) if running else (State.RETAINED, State.SWAPPED)
-        holders = [s for s in self.live.values() if s.state in states and s.kind != "generation"]
-        if running:  # only what frees GPU blocks now (the system prompt is every request's)
-            holders = [s for s in holders if s.kind != "system"]
+        holders = [s for s in self.live.values()
+                   if s.state in (State.RETAINED, State.SWAPPED) and s.kind != "generation"]
         if not holders:
             return False
         victim = min(holders, key=lambda s: (s.kind == "system", s.last_active_s, s.seq_id))

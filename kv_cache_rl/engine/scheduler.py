@@ -69,8 +69,6 @@ class SchedulerMixin:
             if need > 0:
                 units = UNITS_PER_BLOCK >> seq.tier
                 while not reserve(need * units):
-                    if self.config.retention_yields and self._reclaim_pinned(running=True):
-                        continue  # retained KV gives way before a running request is preempted
                     victim = running.pop()
                     n_running -= 1
                     self._preempt(victim)

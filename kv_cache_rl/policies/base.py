@@ -2,8 +2,9 @@
 
 Subclass :class:`Policy` and implement ``act``; or subclass :class:`PressurePolicy` and
 implement only ``score`` (which entries to relieve first) and optionally ``action_for``
-(what to do with each). Only ``lookahead`` sees the simulator (``sees_future = True``);
-every other policy acts on the observation alone, as an LLM agent must.
+(what to do with each). Only the planners, ``lookahead`` and ``oracle``, see the simulator and
+the future (``sees_future = True``); every other policy acts on the observation alone, as an
+LLM agent must.
 """
 
 from __future__ import annotations

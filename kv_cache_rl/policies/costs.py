@@ -8,16 +8,14 @@ Policies may use these constants and the observation, nothing else (``sees_futur
 from __future__ import annotations
 
 import functools
+import math
 
 from kv_cache_rl.config import REQUEST_TYPES
 from kv_cache_rl.engine import UNITS_PER_BLOCK
 from kv_cache_rl.workloads import AGENTIC_DEFAULTS, TURN_STATS_PROFILE
 from kv_cache_rl.workloads import load_profile as load_workload
 
-# The expected pause per call in flight: the log-uniform means of the generator's tool ranges,
-# and for a user Mooncake conversation's median turn gap (an operator measures these).
 def _log_uniform_mean(lo: float, hi: float) -> float:
-    import math
     return (hi - lo) / math.log(hi / lo)
 
 
@@ -31,7 +29,9 @@ def costs(model: str = "Llama-3.1-8B", gpu: str = "RTXPRO6000") -> dict:
     prefill_s = profile.cost.iteration_time_s([(chunk, 0)], 0, 0.0) / chunk
     block_bytes = profile.model.kv_bytes_per_token * 16
     gaps = load_workload(TURN_STATS_PROFILE)["sessions"]
-    user_gap = gaps["turn_gap_s_percentiles_0_5_100"][10]  # the median
+    # the expected pause per call in flight (an operator measures these): the means of the
+    # tools' log-uniform ranges, and for a user Mooncake conversation's median turn gap
+    user_gap = gaps["turn_gap_s_percentiles_0_5_100"][10]
     expected_pause = {tool: _log_uniform_mean(*r)
                       for tool, r in AGENTIC_DEFAULTS["tool_pause_s"].items()}
     expected_pause["user"] = user_gap

@@ -1,4 +1,4 @@
-"""lookahead: the upper reference, a rollout planner that sees the future.
+"""lookahead: a rollout planner that sees the future (the ceiling is ``oracle``).
 
 At every step it clones the episode and tries a few candidate action sets (keep, what the base
 and the hybrid heuristic would do, single actions on the top entry); each candidate is played to the end

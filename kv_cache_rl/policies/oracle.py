@@ -28,10 +28,10 @@ from kv_cache_rl.policies.base import Policy
 from kv_cache_rl.policies.hindsight import HindsightPolicy
 from kv_cache_rl.runner import apply_actions, play_out
 
-GRID = [HindsightPolicy(trigger, target, compress, swap)
-        for (trigger, target), compress, swap in itertools.product(
-            ((0.80, 0.60), (0.85, 0.70), (0.90, 0.78), (0.95, 0.85)), (True, False),
-            (True, False))]
+GRID = [HindsightPolicy(trigger=trigger, target=target, safe_wrong=safe, swap=swap)
+        for (trigger, target), safe, swap in itertools.product(
+            ((0.75, 0.55), (0.80, 0.60), (0.80, 0.70), (0.85, 0.65), (0.85, 0.75), (0.90, 0.70),
+             (0.90, 0.80), (0.95, 0.85)), (0.03, 0.2), (True, False))]
 
 
 def parse_action(text: str) -> Action:
@@ -69,8 +69,10 @@ def follow(episode: Episode, plan: list[list[str]]) -> Episode:
 class OraclePolicy(Policy):
     name = "oracle"
     sees_future = True
-    # action sets tried per step in the rollout pass: do nothing, and what these would do
-    proposers = (GRID[0], GRID[2], GRID[4], GRID[6])
+    # heuristics whose action sets the rollout pass tries at each step (besides doing nothing
+    # and every hindsight variant's set)
+    proposer_names = ("type_aware", "t_lru", "lfu", "marconi", "continuum", "compress_first",
+                      "swap_first", "lru")
 
     def __init__(self) -> None:
         self._plan: list[list[str]] | None = None
@@ -113,21 +115,25 @@ class OraclePolicy(Policy):
             candidates.append((trial.score()["reward"], [list(h) for h in
                                                          trial.history[episode.step_index:]],
                                policy))
-        best_reward, best_plan, base = max(candidates, key=lambda c: c[0])
-        return self._improve(episode, best_reward, best_plan, base)
+        best_reward, best_plan, _ = max(candidates, key=lambda c: c[0])
+        # the rollouts' base: the best policy that is fast and deterministic to replay from
+        # any state (the planners search themselves; random draws)
+        _, _, base = max((c for c in candidates if c[2].name not in ("lookahead", "random")),
+                         key=lambda c: c[0])
+        proposers = [*GRID, *(make_policy(n) for n in self.proposer_names)]
+        return self._improve(episode, best_reward, best_plan, base, proposers)
 
-    def _improve(self, episode: Episode, reward: float, plan: list[list[str]], base):
-        """One rollout pass over the steps: keep a step's alternative only if the episode
-        played from it by ``base`` scores higher (so the reward never falls)."""
+    def _improve(self, episode: Episode, reward: float, plan: list[list[str]], base,
+                 proposers) -> list[list[str]]:
+        """One rollout pass over the steps: at each step try doing nothing and each
+        proposer's action set, each followed by ``base`` to the end; keep an alternative only
+        if it scores higher than the plan so far (so the reward never falls)."""
         current = episode.clone()
         plan = [list(p) for p in plan]
         for step in range(len(plan)):
             obs = current.observation
-            options = [[]] + [[str(a) for a in p.act(obs, current)] for p in self.proposers]
-            if base.sees_future or base.name == "random":
-                pass
-            else:
-                options.append([str(a) for a in base.act(obs)])
+            options = [[]] + [[str(a) for a in p.act(obs, current if p.sees_future else None)]
+                              for p in (*proposers, base)]
             seen = {tuple(plan[step])}
             for option in options:
                 if tuple(option) in seen:
