@@ -10,8 +10,9 @@ cap, through the same calls as every policy. Its plan is the best of:
    a grid of triggers, targets and allowed actions (LRB's relaxed Belady and Parrot's
    normalisation use the same idea: a hindsight reference searched over), then
 3. a rollout pass (Bertsekas): at each step in turn, the best plan's action set is compared
-   with a few alternatives, each played to the end by the best candidate policy, and kept only
-   if it is better, so the pass never loses reward.
+   with doing nothing and with what every hindsight variant and several heuristics would do
+   there, each played to the end by the best fast candidate policy, and an alternative is
+   kept only if it is better, so the pass never loses reward.
 
 The plan is a list of action sets, one per step: played on a fresh episode of the scenario it
 reproduces the oracle's reward exactly (the simulator is deterministic); the tests check this.
