@@ -1,8 +1,7 @@
 """type_aware: three rules an operator writes once request types are known: drop dead KV
 (reasoning tokens, finished sub-agents); quantize where it costs little (chat and code,
 ``costs.p_wrong`` below 3%); move reasoning contexts to host memory while there is room and
-drop those nobody is likely to read again (a user who is unlikely to come back). A session's
-dead reasoning KV goes with its context (same session id)."""
+drop those nobody is likely to read again (a user who is unlikely to come back)."""
 
 from kv_cache_rl.policies.base import PressurePolicy
 from kv_cache_rl.policies.costs import p_return, p_wrong
