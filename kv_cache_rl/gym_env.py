@@ -80,7 +80,7 @@ class KVCacheEvictionEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Starting State
 
-    The engine has served ``warmup_s`` = 20 s of the trace with no agent, so the cache is loaded.
+    The engine has served ``warmup_s`` = 30 s of the trace with no agent, so the cache is loaded.
 
     ## Episode End
 
