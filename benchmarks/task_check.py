@@ -20,13 +20,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kv_cache_rl.policies import POLICIES  # noqa: E402
+from kv_cache_rl.policies import HEURISTICS, POLICIES  # noqa: E402
 from kv_cache_rl.runner import play  # noqa: E402
 from kv_cache_rl.scenario import make_scenario  # noqa: E402
 from tests.support.blind import battery  # noqa: E402
-
-NOT_HEURISTICS = ("keep", "random", "learned")
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -46,8 +43,7 @@ def main() -> None:
             return float((np.mean(values) - keep.mean()) / scale)
 
         scores = {p: norm(rewards[(p, tier)]) for p in POLICIES if (p, tier) in rewards}
-        heuristics = {p: s for p, s in scores.items()
-                      if p not in NOT_HEURISTICS and not POLICIES[p].sees_future}
+        heuristics = {p: s for p, s in scores.items() if p in HEURISTICS}
         best = max(heuristics, key=heuristics.get)
         scenarios = [make_scenario(tier, data["seed"] + i) for i in range(len(keep))]
         blind = {rule.name: norm([play(sc, rule).score()["reward"] for sc in scenarios])

@@ -130,6 +130,10 @@ class EngineConfig:
                   "max_model_len")
         if self.num_cpu_blocks < 0 or self.retention_s < 0:
             raise ValueError("num_cpu_blocks and retention_s must be >= 0")
+        if len(self.default_tiers) != len(REQUEST_TYPES) or \
+                not all(t in (0, 1, 2) for t in self.default_tiers):
+            raise ValueError(f"default_tiers needs a tier 0..2 for each of {REQUEST_TYPES}, "
+                             f"got {self.default_tiers!r}")
 
     @property
     def num_gpu_tokens(self) -> int:

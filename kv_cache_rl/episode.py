@@ -133,8 +133,7 @@ class Episode:
     def _counters(self) -> tuple:
         s = self.engine.stats
         return (s.generated_tokens, s.quality_loss, s.preemptions, s.evicted_active,
-                s.swap_latency_s, s.wrong_answers, s.memory_blocked_s, s.cached_prompt_tokens,
-                s.prompt_tokens)
+                s.swap_latency_s, s.wrong_answers, s.cached_prompt_tokens, s.prompt_tokens)
 
     def advance(self) -> Observation:
         """Serve one step; return the next observation."""
@@ -151,7 +150,7 @@ class Episode:
         if usage > 0.95:
             self._above += 1
         now = self._counters()
-        gen, loss, pre, evicted, swap, wrong, _, cached, prompt = (
+        gen, loss, pre, evicted, swap, wrong, cached, prompt = (
             a - b for a, b in zip(now, self._start))
         record.tokens_served = round(gen - loss, 6)
         record.preemptions, record.evicted_active = pre, evicted
@@ -184,9 +183,11 @@ class Episode:
                 e["reused"] = any(e["time_s"] < r.arrival_s <= horizon for r in requests)
             elif e["kind"] == "context":
                 last = sc.last_turn.get(e["session"], -1)
-                e["reused"] = last > e["turn"] or any(  # no turn numbers (a raw trace): times
-                    r.session_id == e["session"] and e["time_s"] < r.arrival_s <= horizon
-                    for r in requests if r.turn == 0 and last == 0)
+                if last > 0:  # turns are numbered: does the session have a later one?
+                    e["reused"] = last > e["turn"]
+                else:  # a raw trace numbers no turns: does the session arrive again?
+                    e["reused"] = any(r.session_id == e["session"]
+                                      and e["time_s"] < r.arrival_s <= horizon for r in requests)
         later = sum(1 for r in requests if r.arrival_s > engine.now)
         self.record.wrong_answers = round(self.record.wrong_answers + engine.pending_wrong_answers(
             sc.last_turn, later), 6)

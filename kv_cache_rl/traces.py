@@ -69,6 +69,7 @@ class _Rows:
             raise ValueError(f"zero_output must be clamp, skip or error, got {zero_output!r}")
         self.path, self.zero_output = path, zero_output
         self.requests: list[TraceRequest] = []
+        self.where: dict[int, str] = {}  # id(request) -> "path:line", for errors found later
         self.zero_rows = 0
 
     def add(self, where: str, arrival_s: float, input_toks: int, output_toks: int,
@@ -82,10 +83,19 @@ class _Rows:
             if self.zero_output == "skip":
                 return
             output_toks = 1
-        self.requests.append(TraceRequest(arrival_s, input_toks, output_toks, **fields))
+        try:
+            req = TraceRequest(arrival_s, input_toks, output_toks, **fields)
+        except ValueError as exc:
+            raise TraceFormatError(f"{where}: {exc}") from None
+        self.requests.append(req)
+        self.where[id(req)] = where
 
     def trace(self, fmt: str, block: int, **meta) -> Trace:
         reqs = sorted(self.requests, key=lambda r: r.arrival_s)  # stable: ties keep file order
+        for i, r in enumerate(reqs):  # a closed-loop link names an earlier request of the trace
+            if not -1 <= r.after < i:
+                raise TraceFormatError(f"{self.where[id(r)]}: after={r.after} is not the index "
+                                       f"of an earlier request (this one is request {i})")
         return Trace(tuple(reqs), hash_block_tokens=block, source=self.path.name,
                      meta={"path": str(self.path), "format": fmt,
                            "zero_output_rows": self.zero_rows,

@@ -203,7 +203,9 @@ def _plain(prof, params, duration_s, rate_scale, rng, block, meta) -> list[Trace
     return reqs
 
 
-def _agentic(prof, p, duration_s, rate_scale, rng, block, meta) -> list[TraceRequest]:
+def _agentic(prof, p, duration_s, rate_scale, rng, block, meta
+             ) -> list[tuple[TraceRequest, str, float]]:
+    """(request, id of the in-window request whose finish releases it or "", delay)."""
     from .config import REQUEST_TYPES
 
     shares = p["type_shares"]
@@ -235,12 +237,14 @@ def _agentic(prof, p, duration_s, rate_scale, rng, block, meta) -> list[TraceReq
     ids, reqs, sessions = _Ids(), [], {}
     sys_ids = ids.fresh(sys_toks // block)
 
-    def emit(t, inp, out_, h, sid, rid, **kw) -> bool:
+    def emit(t, inp, out_, h, sid, rid, parent: str, after_s: float, **kw) -> bool:
+        """Keep a request inside the window, with the id of the in-window request whose finish
+        releases it ("" for none) and the delay (``generate`` turns the id into an index)."""
         if 0 <= t < duration_s:
             if sid >= 0:  # sessions numbered in start order, counting only those in the trace
                 sid = sessions.setdefault(sid, len(sessions))
-            reqs.append(TraceRequest(t, inp, out_, h, rid, session_id=sid,
-                                     system_toks=min(sys_toks, inp), **kw))
+            reqs.append((TraceRequest(t, inp, out_, h, rid, session_id=sid,
+                                      system_toks=min(sys_toks, inp), **kw), parent, after_s))
             return True
         return False
 
@@ -262,7 +266,7 @@ def _agentic(prof, p, duration_s, rate_scale, rng, block, meta) -> list[TraceReq
         out = draw(out_q)
         inp = min(sys_toks + first_in[s], limit - out)
         h = opening(inp)
-        parent, pauses = "", []  # the previous in-trace turn's id; the pauses so far
+        parent, after_s, pauses = "", 0.0, []  # previous in-trace turn, its pause; all pauses
         for k in range(p["max_turns"]):
             think = thinking(rtype, out)
             done = t + out * p["nominal_tpot_s"]
@@ -281,13 +285,9 @@ def _agentic(prof, p, duration_s, rate_scale, rng, block, meta) -> list[TraceReq
             returns = returns and k < p["max_turns"] - 1 and nxt_inp + nxt_out <= limit
             past = sum(pauses) / len(pauses) if pauses else -1.0
             rid = f"s{s}t{k}"
-            here = emit(t, inp, out, h, s, rid, reasoning_toks=think, priority=prio[s],
-                        next_turn_s=pause if returns else -1.0, request_type=rtype, turn=k,
-                        past_pause_s=round(past, 3), tool=tool)
-            if here and parent:
-                reqs[-1] = (reqs[-1], parent, after_s)
-            elif here:
-                reqs[-1] = (reqs[-1], "", 0.0)
+            here = emit(t, inp, out, h, s, rid, parent, after_s, reasoning_toks=think,
+                        priority=prio[s], next_turn_s=pause if returns else -1.0,
+                        request_type=rtype, turn=k, past_pause_s=round(past, 3), tool=tool)
             parent = rid if here else ""
             if not returns:
                 break
@@ -296,10 +296,9 @@ def _agentic(prof, p, duration_s, rate_scale, rng, block, meta) -> list[TraceReq
                 at = rng.uniform(0, 0.5) * pause
                 e_out = draw(out_q)
                 e_in = min(sys_toks + draw(in_q), limit - e_out)
-                if emit(done + at, e_in, e_out, opening(e_in), -1, f"s{s}t{k}e",
-                        reasoning_toks=thinking(rtype, e_out), priority=prio[s],
-                        ephemeral=True, request_type=rtype):
-                    reqs[-1] = (reqs[-1], rid if here else "", at)
+                emit(done + at, e_in, e_out, opening(e_in), -1, f"s{s}t{k}e", parent, at,
+                     reasoning_toks=thinking(rtype, e_out), priority=prio[s], ephemeral=True,
+                     request_type=rtype)
             pauses.append(pause)
             after_s = pause
             # the next prompt starts with this whole prompt: its full blocks keep their ids

@@ -12,7 +12,7 @@ import pytest
 
 from kv_cache_rl.engine import Engine
 from kv_cache_rl.episode import Action, Episode
-from kv_cache_rl.policies import POLICIES, make_policy
+from kv_cache_rl.policies import HEURISTICS, POLICIES, make_policy
 from kv_cache_rl.policies.oracle import OraclePolicy, follow, played
 from kv_cache_rl.runner import play
 from kv_cache_rl.scenario import DIFFICULTIES, TASK_VERSION, make_scenario
@@ -21,8 +21,6 @@ from tests.support.blind import battery
 # the bench's recorded run (seeds 0-19 of every tier, every registered policy): the README's
 # leaderboard and this file's reference table; a test recomputes a sample of it
 TABLE = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "bench.json"
-HEURISTICS = [n for n, cls in POLICIES.items()
-              if not cls.sees_future and n not in ("keep", "random", "learned")]
 
 
 @pytest.fixture(scope="module")

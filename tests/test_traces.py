@@ -113,6 +113,10 @@ def test_bad_json_line_3_names_file_and_line(tmp_path):
     ({"arrival_s": 0, "input_toks": 0, "output_toks": 1}, "input length is 0"),
     ({"arrival_s": 0, "input_toks": 5, "output_toks": 1, "hash_ids": [1, "x"]}, "hash_ids"),
     ([1, 2, 3], "expected a JSON object"),
+    ({"arrival_s": 1, "input_toks": 5, "output_toks": 1, "request_type": "poetry"},
+     "request_type must be one of chat, code, reasoning"),
+    ({"arrival_s": 1, "input_toks": 5, "output_toks": 1, "after": 1},
+     "after=1 is not the index of an earlier request"),
 ])
 def test_jsonl_row_errors(tmp_path, row, what):
     ok = {"arrival_s": 0, "input_toks": 5, "output_toks": 1}

@@ -22,7 +22,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 
-from kv_cache_rl.config import EngineConfig, Trace, TraceRequest
+from kv_cache_rl.config import REQUEST_TYPES, EngineConfig, Trace, TraceRequest
 from kv_cache_rl.engine.actions import ActionsMixin
 from kv_cache_rl.engine.block_pool import UNITS_PER_BLOCK, BlockPool
 from kv_cache_rl.engine.decode_run import decode_run
@@ -47,7 +47,7 @@ class Engine(SchedulerMixin, ActionsMixin):
         # per request type, per tier: the chance that a token decoded on that KV is wasted
         # (an expected wrong answer; PrecisionTier.wrong_answer)
         self._quality_cost = tuple(tuple(t.wrong_answer_p(r) for t in profile.tiers)
-                                   for r in range(len(config.default_tiers)))
+                                   for r in range(len(REQUEST_TYPES)))
         # bytes of one pool unit (a quarter of an fp16 block), for host-link transfer times
         self.unit_bytes = profile.model.kv_bytes_per_token * config.block_size // UNITS_PER_BLOCK
         self.pool = BlockPool(config.num_gpu_blocks, enable_caching=config.enable_prefix_caching)
@@ -73,15 +73,15 @@ class Engine(SchedulerMixin, ActionsMixin):
         self._expiry: list[tuple[float, int]] = []  # (expires_s, seq_id) heap of retained KV
         self._session_context: dict[int, Sequence] = {}
         self._system: Sequence | None = None
-        # closed loop: which requests each request's finish releases (immutable, shared by
-        # clones), and a heap of (release time, trace index) for those released, not arrived
+        # closed loop: id(request) -> the trace indices its finish releases (immutable, shared
+        # by clones), and a heap of (release time, trace index) released but not yet arrived
         self._children: dict[int, list[int]] = {}
         if config.closed_loop:
-            for i, req in enumerate(trace.requests):
+            requests = trace.requests
+            for i, req in enumerate(requests):
                 if req.after >= 0:
-                    self._children.setdefault(req.after, []).append(i)
+                    self._children.setdefault(id(requests[req.after]), []).append(i)
         self._released: list[tuple[float, int]] = []
-        self._trace_index: dict[int, int] | None = None
         self._memory_blocked = False  # this iteration, work waited for KV memory
         self.system_tier = 0  # precision of the shared system prompt (an agent may compress it)
 
@@ -234,17 +234,11 @@ class Engine(SchedulerMixin, ActionsMixin):
     def release_children(self, seq: Sequence) -> None:
         """Closed loop: a finished request releases its session's next turn (and sub-agent
         calls) their pause after now."""
-        children = self._children.get(self._index_of(seq.req))
+        children = self._children.get(id(seq.req))
         if children:
             requests = self.trace.requests
             for j in children:
                 heapq.heappush(self._released, (self.now + requests[j].after_s, j))
-
-    def _index_of(self, req: TraceRequest) -> int:
-        index = self._trace_index
-        if index is None:  # built on first use, shared by clones (the trace is immutable)
-            index = self._trace_index = {id(r): i for i, r in enumerate(self.trace.requests)}
-        return index.get(id(req), -1)
 
     def _new_sequence(self, req: TraceRequest, arrival_s: float | None = None) -> Sequence:
         seq = Sequence(self._next_seq_id, req, "generation", req.input_toks, req.output_toks,

@@ -27,6 +27,11 @@ POLICIES: dict[str, type[Policy]] = {
                 LearnedPolicy, LookaheadPolicy, OraclePolicy)
 }
 
+# the hand-written rules: not the planners (they see the future), not the trained policy, not
+# the references without a rule (no agent, random actions)
+HEURISTICS = tuple(name for name, cls in POLICIES.items()
+                   if not cls.sees_future and name not in ("keep", "random", "learned"))
+
 
 def make_policy(name: str) -> Policy:
     """A fresh policy by registry name."""
@@ -36,4 +41,4 @@ def make_policy(name: str) -> Policy:
         raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}") from None
 
 
-__all__ = ["POLICIES", "Policy", "PressurePolicy", "make_policy"]
+__all__ = ["HEURISTICS", "POLICIES", "Policy", "PressurePolicy", "make_policy"]

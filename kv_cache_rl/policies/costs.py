@@ -11,7 +11,7 @@ import functools
 import math
 
 from kv_cache_rl.config import REQUEST_TYPES
-from kv_cache_rl.engine import UNITS_PER_BLOCK
+from kv_cache_rl.scenario import GPU, MODEL
 from kv_cache_rl.workloads import AGENTIC_DEFAULTS, TURN_STATS_PROFILE
 from kv_cache_rl.workloads import load_profile as load_workload
 
@@ -20,8 +20,8 @@ def _log_uniform_mean(lo: float, hi: float) -> float:
 
 
 @functools.cache
-def costs(model: str = "Llama-3.1-8B", gpu: str = "RTXPRO6000") -> dict:
-    """Operator-known costs of the deployment ``(model, gpu)``."""
+def costs(model: str = MODEL, gpu: str = GPU) -> dict:
+    """Operator-known costs of the deployment ``(model, gpu)`` (the episodes' by default)."""
     from kv_cache_rl.profiles import load_profile
 
     profile = load_profile(model, gpu)
@@ -42,7 +42,6 @@ def costs(model: str = "Llama-3.1-8B", gpu: str = "RTXPRO6000") -> dict:
                   for i, t in enumerate(REQUEST_TYPES)},
         "expected_pause_s": expected_pause,
         "user_continue": gaps["turns_per_session"]["continue_prob_after_turn_1_to_10"],
-        "units_per_block": UNITS_PER_BLOCK,
     }
 
 

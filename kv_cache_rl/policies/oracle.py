@@ -27,7 +27,7 @@ import itertools
 from kv_cache_rl.episode import Action, Episode
 from kv_cache_rl.policies.base import Policy
 from kv_cache_rl.policies.hindsight import HindsightPolicy
-from kv_cache_rl.runner import apply_actions, play_out
+from kv_cache_rl.runner import apply_actions, play, play_out
 
 GRID = [HindsightPolicy(trigger=trigger, target=target, safe_wrong=safe, swap=swap)
         for (trigger, target), safe, swap in itertools.product(
@@ -48,9 +48,7 @@ def played(scenario, name: str, max_calls: int, policy=None) -> tuple[float, lis
     key = (name, max_calls)
     hit = scenario.plays.get(key)
     if hit is None:
-        policy = policy or make_policy(name)
-        policy.reset(scenario.seed)
-        episode = play_out(Episode(scenario, max_calls_per_step=max_calls), policy)
+        episode = play(scenario, policy or make_policy(name), max_calls_per_step=max_calls)
         hit = scenario.plays[key] = remember(episode)
     return hit
 

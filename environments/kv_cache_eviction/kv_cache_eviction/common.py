@@ -28,7 +28,7 @@ from pathlib import Path
 from kv_cache_rl.engine import ActionError
 from kv_cache_rl.episode import ACTION_KINDS, MAX_CALLS_PER_STEP, Episode, parse_call
 from kv_cache_rl.rubric import RUBRIC
-from kv_cache_rl.scenario import DIFFICULTIES, SCENARIO_OPTIONS, trace_file
+from kv_cache_rl.scenario import DIFFICULTIES, SCENARIO_OPTIONS, Scenario, trace_file
 
 DIFFICULTY_CHOICES = ("all", *DIFFICULTIES)
 EXAMPLES_PER_DIFFICULTY = 100  # num_examples=-1: 100 seeds per difficulty (300 for "all")
@@ -147,7 +147,7 @@ def new_episode(difficulty: str, seed: int, steps: int, max_calls_per_step: int,
                              trace_path=trace_path)
 
 
-def system_prompt(max_calls_per_step: int, step_s: float = 3.0) -> str:
+def system_prompt(max_calls_per_step: int, step_s: float = Scenario.step_s) -> str:
     """The instructions, with the costs of the shipped profile filled in."""
     from kv_cache_rl.policies.costs import costs
 
