@@ -49,7 +49,7 @@ class Clock:
     """Accumulates the time spent inside the core (:class:`Episode` building, calls, steps)."""
 
     def __init__(self):
-        from kv_cache_rl.episode import Episode
+        from kv_cache_rl.task.episode import Episode
 
         self.sim = 0.0
         for name in ("__init__", "call", "advance"):
@@ -178,7 +178,7 @@ def summarize(rows: list[dict], api: str) -> dict:
 
 
 def tokens(episodes: int, steps: int) -> dict:
-    from kv_cache_rl.tokens import count_tokens, encoding
+    from kv_cache_rl.task.tokens import count_tokens, encoding
 
     from kv_cache_eviction.common import (after_step, attach, carrier_index, new_episode,
                                           system_prompt, user_prompt)

@@ -26,8 +26,8 @@ import statistics
 import time
 
 from kv_cache_rl.policies import HEURISTICS, POLICIES, make_policy
-from kv_cache_rl.runner import play
-from kv_cache_rl.scenario import make_scenario
+from kv_cache_rl.task.runner import play
+from kv_cache_rl.task.scenario import make_scenario
 
 
 # the planners search over whole episodes (seconds each); ``keep``, no agent at all, makes the

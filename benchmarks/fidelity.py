@@ -43,13 +43,13 @@ def real_metrics(run_dir: Path) -> dict:
 
 
 def replay_summary(trace: Path, extra: list[str]) -> dict:
-    from kv_cache_rl.cli import _engine_config, build_parser
-    from kv_cache_rl.profiles import load_profile
-    from kv_cache_rl.replay import replay
-    from kv_cache_rl.traces import load_trace
+    from kv_cache_rl.apps.cli import _engine_config, build_parser
+    from kv_cache_rl.hardware.profiles import load_profile
+    from kv_cache_rl.apps.replay import replay
+    from kv_cache_rl.workload.traces import load_trace
 
     args = build_parser().parse_args(["replay", str(trace), *SETTINGS, *extra])
-    profile = load_profile(args.model, args.gpu)
+    profile = load_profile(args.model, args.gpu, args.tensor_parallel_size)
     result = replay(load_trace(trace), profile, _engine_config(args, profile))
     return result.summary
 
@@ -66,10 +66,10 @@ def process_wall(trace: Path, repeats: int) -> float:
 
 def peak_blocks(trace: Path) -> int:
     """Peak KV blocks the trace holds with an unbounded pool (its demand)."""
-    from kv_cache_rl.config import EngineConfig
+    from kv_cache_rl.engine.config import EngineConfig
     from kv_cache_rl.engine import UNITS_PER_BLOCK, Engine
-    from kv_cache_rl.profiles import load_profile
-    from kv_cache_rl.traces import load_trace
+    from kv_cache_rl.hardware.profiles import load_profile
+    from kv_cache_rl.workload.traces import load_trace
 
     engine = Engine(EngineConfig(num_gpu_blocks=1 << 22, max_num_seqs=128),
                     load_profile("Llama-3.1-8B", "RTXPRO6000"), load_trace(trace))

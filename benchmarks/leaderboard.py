@@ -1,9 +1,11 @@
-"""The README's leaderboard, generated from a bench JSON (``kv-cache-rl bench --json``).
+"""The leaderboard table, generated from a bench JSON (``kv-cache-rl bench --json``).
 
     .venv/bin/python benchmarks/leaderboard.py benchmarks/results/bench.json
 
 Prints a markdown table: per policy and tier the mean reward and the normalised score
 (keep 0, oracle 1, ratio of means), sorted by the hard tier's normalised score.
+``benchmarks/tables.py`` uses :func:`table` for the leaderboards in README.md, docs/ and the
+environment's README.
 """
 
 from __future__ import annotations
@@ -37,5 +39,5 @@ def table(data: dict) -> str:
 
 
 if __name__ == "__main__":
-    print(table(json.load(open(sys.argv[1] if len(sys.argv) > 1 else
-                               "benchmarks/results/bench.json"))))
+    with open(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/bench.json") as f:
+        print(table(json.load(f)))

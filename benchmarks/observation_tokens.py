@@ -9,9 +9,9 @@ import argparse
 import statistics
 
 from kv_cache_rl.policies import make_policy
-from kv_cache_rl.scenario import DIFFICULTIES, make_scenario
-from kv_cache_rl.tokens import count_tokens, encoding
-from kv_cache_rl.episode import Episode
+from kv_cache_rl.task.scenario import DIFFICULTIES, make_scenario
+from kv_cache_rl.task.tokens import count_tokens, encoding
+from kv_cache_rl.task.episode import Episode
 
 
 def main(argv=None) -> None:

@@ -6,7 +6,7 @@ reward on the hard tier's scenarios as the GPU KV budget varies.
 
 Scenario ``(hard, seed)`` keeps its workload and arrival rate; only its budget is replaced
 by ``fraction x`` the window's peak KV demand with unlimited memory (the hard tier itself
-draws 0.65-0.80; :func:`kv_cache_rl.scenario.make_scenario`). Seeds 0..episodes-1 are bench's
+draws 0.35-0.50; :func:`kv_cache_rl.task.scenario.make_scenario`). Seeds 0..episodes-1 are bench's
 held-out seeds (``learned`` trains on 1000+). Every policy plays the same scenarios at every
 budget, so the curves compare how each policy's ranking of candidates (and its choice of
 action) holds up as memory gets scarcer. ``lookahead`` (sees the future, ~seconds per
@@ -27,7 +27,7 @@ DEFAULT_FRACTIONS = "0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0"
 
 def measure(policies, fractions, seeds, workers: int = 2) -> dict:
     """``{policy: {fraction: [rewards]}}`` on ``seeds`` of the hard tier."""
-    from kv_cache_rl.train import Evaluator
+    from kv_cache_rl.apps.train import Evaluator
 
     out = {p: {} for p in policies}
     with Evaluator(workers) as ev:
@@ -41,7 +41,8 @@ def measure(policies, fractions, seeds, workers: int = 2) -> dict:
 def plot(results: dict, path: str, episodes: dict) -> None:
     import matplotlib
 
-    from kv_cache_rl.rubric import REWARD_RANGE
+    from kv_cache_rl.task.rubric import REWARD_RANGE
+    from kv_cache_rl.task.scenario import TIERS
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -58,7 +59,8 @@ def plot(results: dict, path: str, episodes: dict) -> None:
         ax.plot(xs, means, style, marker="o", markersize=3, label=label,
                 linewidth=2.2 if policy == "learned" else 1.2)
         ax.fill_between(xs, means - half, means + half, alpha=0.12)
-    ax.axvspan(0.65, 0.80, color="grey", alpha=0.12, label="hard tier's budgets")
+    lo, hi = TIERS["hard"].memory  # the hard tier's own budgets
+    ax.axvspan(lo, hi, color="grey", alpha=0.12, label="hard tier's budgets")
     ax.axhline(REWARD_RANGE[1], color="black", linestyle=":", linewidth=0.8,
                label="rubric maximum")
     ax.set_xlabel("GPU KV budget (fraction of the window's peak demand)")

@@ -21,8 +21,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kv_cache_rl.policies import HEURISTICS, POLICIES  # noqa: E402
-from kv_cache_rl.runner import play  # noqa: E402
-from kv_cache_rl.scenario import make_scenario  # noqa: E402
+from kv_cache_rl.task.runner import play  # noqa: E402
+from kv_cache_rl.task.scenario import make_scenario  # noqa: E402
 from tests.support.blind import battery  # noqa: E402
 
 def main() -> None:

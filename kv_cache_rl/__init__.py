@@ -1,12 +1,14 @@
 """kv-cache-rl: a calibrated, vLLM-faithful KV-cache serving simulator for agents."""
 
 import sys
+from pathlib import Path
 
 __version__ = "0.2.0"
+DATA_DIR = Path(__file__).resolve().parent / "data"  # derived calibration, workloads, weights
 
 GYM_ENV_ID = "KVCacheEviction-v1"  # task version 2 (normalised score, closed-loop sessions)
 GYM_ENV_IDS = (GYM_ENV_ID, "KVCacheEviction-v0")  # v0 still made: the same, current task
-GYM_ENTRY_POINT = "kv_cache_rl.gym_env:KVCacheEvictionEnv"
+GYM_ENTRY_POINT = "kv_cache_rl.task.gym_env:KVCacheEvictionEnv"
 
 
 def register_gym_env() -> bool:

@@ -1,3 +1,3 @@
-from kv_cache_rl.cli import main
+from kv_cache_rl.apps.cli import main
 
 raise SystemExit(main())

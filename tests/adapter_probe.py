@@ -27,7 +27,7 @@ from types import SimpleNamespace
 
 def total(scores: dict, weights: dict) -> float:
     """The weighted sum in the core rubric's order (float addition is not associative)."""
-    from kv_cache_rl.rubric import RUBRIC
+    from kv_cache_rl.task.rubric import RUBRIC
 
     return sum(weights.get(fn.__name__, 0.0) * scores[fn.__name__] for fn, _ in RUBRIC)
 

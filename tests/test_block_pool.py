@@ -228,14 +228,38 @@ def test_resize_shrinks_and_frees_the_difference():
     conserved(pool)
 
 
-def test_release_units_and_over_release():
-    pool = BlockPool(2)
+def test_take_needs_a_reservation():
+    pool = BlockPool(4)
+    with pytest.raises(BlockPoolError, match="reserved"):
+        pool.take(1, 4)
     assert pool.reserve(6)
-    assert pool.used_units == 6  # reserved units are used until released
-    pool.release_units(6)
-    assert pool.free_units == 8
-    with pytest.raises(BlockPoolError):
-        pool.release_units(1)
+    assert pool.used_units == 6  # reserved units are used until handed out
+    pool.take(1, 4)
+    with pytest.raises(BlockPoolError, match="reserved"):
+        pool.take(1, 4)  # only 2 units left reserved
+    pool.take(1, 2)
+    assert pool.reserved_units == 0
+    conserved(pool)
+
+
+def test_swap_out_and_back_in():
+    pool = BlockPool(4)
+    a, b = pool.allocate(2)
+    shared = pool.allocate(1)[0]
+    pool.touch(shared)  # held twice: it cannot leave the GPU with one holder
+    pool.cache(a, "a")
+    with pytest.raises(BlockPoolError, match="not held once"):
+        pool.swap_out([a, shared])
+    assert pool.ref[a] == 1 and pool.lookup("a") == a  # refused: nothing changed
+    assert pool.swap_out([a, b]) == 8
+    assert pool.ref[a] == pool.ref[b] == 0 and pool.lookup("a") is None
+    assert pool.free_units == 12 and a not in pool.spare  # the host copy keeps the ids
+    with pytest.raises(BlockPoolError, match="reserved"):
+        pool.swap_in([a, b, shared])
+    assert pool.reserve(8)
+    assert pool.swap_in([a, b, shared]) == 8  # the shared block was never swapped
+    assert pool.ref[a] == pool.ref[b] == 1 and pool.ref[shared] == 2
+    conserved(pool)
 
 
 def test_check_detects_corruption():
@@ -363,8 +387,7 @@ def test_discard_returns_host_held_ids_and_refuses_used_ones():
     a, b = pool.allocate(2)
     with pytest.raises(BlockPoolError):
         pool.discard([a])  # still referenced on the GPU
-    pool.ref[a] = 0  # what swap_to_cpu does: the host copy holds it ...
-    pool.release_units(4)  # ... and its GPU units are returned
+    pool.swap_out([a])  # the host copy holds it, its GPU units are returned
     pool.discard([a])
     assert a in pool.spare and pool.free_units == 12
     conserved(pool)

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from kv_cache_rl.cli import main
-from kv_cache_rl.replay import SUMMARY_KEYS
+from kv_cache_rl.apps.cli import main
+from kv_cache_rl.apps.replay import SUMMARY_KEYS
 
 ROWS = [{"arrival_s": 0.05 * i, "input_toks": 200 + 37 * i, "output_toks": 20 + i}
         for i in range(40)]
@@ -107,8 +107,8 @@ def test_bench_plot_writes_one_png_per_difficulty(tmp_path, capsys):
 def test_bench_times_the_policy_not_the_warm_up(monkeypatch):
     """``ms/ep`` is the policy's episode: the scenario's 20 s warm-up is served before the
     clock starts, so the first policy played on a scenario is not charged for it."""
-    from kv_cache_rl import bench
-    from kv_cache_rl.scenario import make_scenario
+    from kv_cache_rl.apps import bench
+    from kv_cache_rl.task.scenario import make_scenario
 
     make_scenario.cache_clear()
     played = []

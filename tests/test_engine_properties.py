@@ -1,24 +1,28 @@
 """Hypothesis: random small traces, random engine configs and random agent actions.
 
-Every example runs an engine to the end through ``conftest.Tracker``, which checks after every
-step: pool conservation (free + evictable + used == total, used <= total, ``BlockPool.check``),
-referenced blocks == blocks held by live sequences (refcounts and units), host-pool units ==
-swapped sequences' units, running sequences hold ceil(computed / block_size) blocks, token
-budget and max_num_seqs per batch, tokens and counters never going down; and at the end: every
-request finished exactly once or was rejected, TTFT >= 0, finish >= first token, and the
-recompute accounting (tokens computed + first-time prefix hits == tokens reached + recomputed).
+Every example runs an engine to the end through ``tests.support.tracker.Tracker``, which checks
+after every step: pool conservation (free + evictable + used == total, used <= total,
+``BlockPool.check``), referenced blocks == blocks held by live sequences (refcounts and units),
+host-pool units == swapped sequences' units, running sequences hold ceil(computed / block_size)
+blocks, token budget and max_num_seqs per batch, tokens and counters never going down; and at
+the end: every request finished exactly once or was rejected, TTFT >= 0, finish >= first token,
+and the recompute accounting (tokens computed + first-time prefix hits == tokens reached +
+recomputed).
 Actions that raise must be ActionErrors and leave the engine unchanged.
 """
 
 from __future__ import annotations
 
-from conftest import PROFILE, Tracker, build_trace, snapshot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kv_cache_rl.config import EngineConfig
+from kv_cache_rl.engine.config import EngineConfig
 from kv_cache_rl.engine import ActionError, Engine, State
 from kv_cache_rl.engine.sequence import count_units as observed_units
+from tests.support.invariants import snapshot
+from tests.support.standin import PROFILE
+from tests.support.tracker import Tracker
+from tests.support.traces import build_trace
 
 SETTINGS = dict(deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

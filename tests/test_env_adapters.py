@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from kv_cache_rl.episode import Episode
-from kv_cache_rl.obs_text import ObservationTextError, find_observations, parse_observation
-from kv_cache_rl.observation import Observation
+from kv_cache_rl.task.episode import Episode
+from kv_cache_rl.task.observation import ObservationTextError, find_observations, parse_observation
+from kv_cache_rl.task.observation import Observation
 from kv_cache_rl.policies import POLICIES, make_policy
-from kv_cache_rl.runner import play
-from kv_cache_rl.scenario import make_scenario
+from kv_cache_rl.task.runner import play
+from kv_cache_rl.task.scenario import make_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "environments" / "kv_cache_eviction"))
@@ -70,7 +70,7 @@ def test_observation_parser_rejects_other_text():
 def _serve_play(difficulty: str, seed: int, policy: str, steps: int = 15) -> Episode:
     """Play an episode with `kv-cache-rl serve`'s decision function reading the conversation
     (prompt, tool results with the observation attached) as the environments build it."""
-    from kv_cache_rl.serve import ChatPolicy
+    from kv_cache_rl.apps.serve import ChatPolicy
 
     chat = ChatPolicy(policy)
     episode = new_episode(difficulty, seed, steps, 8)
@@ -104,7 +104,7 @@ def test_served_policy_plays_exactly_like_runner(policy):
 
 
 def test_serve_refuses_policies_that_need_the_simulator():
-    from kv_cache_rl.serve import ChatPolicy
+    from kv_cache_rl.apps.serve import ChatPolicy
 
     with pytest.raises(ValueError, match="cannot act from text"):
         ChatPolicy("lookahead")
@@ -116,7 +116,7 @@ def test_serve_http_stream_and_json():
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
-    from kv_cache_rl.serve import create_app
+    from kv_cache_rl.apps.serve import create_app
 
     client = TestClient(create_app("compress_first"))
     assert client.get("/v1/models").json()["data"][0]["id"] == "kv-cache-rl/compress_first"

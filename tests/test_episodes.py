@@ -4,12 +4,12 @@ import json
 
 import pytest
 
-from kv_cache_rl.episode import Action, Episode, EpisodeError, parse_call
-from kv_cache_rl.observation import eviction_value
+from kv_cache_rl.task.episode import Action, Episode, EpisodeError, parse_call
+from kv_cache_rl.task.observation import eviction_value
 from kv_cache_rl.policies import make_policy
-from kv_cache_rl.rubric import REWARD_RANGE, RUBRIC, EpisodeRecord, score
-from kv_cache_rl.runner import play
-from kv_cache_rl.scenario import TIERS, make_scenario
+from kv_cache_rl.task.rubric import REWARD_RANGE, RUBRIC, EpisodeRecord, score
+from kv_cache_rl.task.runner import play
+from kv_cache_rl.task.scenario import TIERS, make_scenario
 
 
 def test_scenario_is_deterministic_and_within_its_tier():
@@ -85,7 +85,7 @@ def test_observation_text_fields_and_visible_ids():
 
 
 def test_observation_fits_600_tokens():
-    tokens = pytest.importorskip("kv_cache_rl.tokens")
+    tokens = pytest.importorskip("kv_cache_rl.task.tokens")
     try:
         tokens.encoding()
     except RuntimeError as exc:
@@ -103,7 +103,7 @@ def test_o200k_offline_is_tiktokens_encoding():
     """The count uses tiktoken's o200k_base built from bpe-openai's bundled BPE file; it must
     tokenize exactly as bpe-openai's own (Rust) o200k_base does."""
     bpe_openai = pytest.importorskip("bpe_openai")
-    from kv_cache_rl.tokens import encoding
+    from kv_cache_rl.task.tokens import encoding
 
     name, enc = encoding()
     assert name == "o200k_base"
@@ -204,7 +204,7 @@ def test_parse_call_accepts_numeric_strings():
 
 
 def test_observation_counts_down_to_zero_at_the_end():
-    from kv_cache_rl.observation import Observation
+    from kv_cache_rl.task.observation import Observation
 
     episode = Episode(make_scenario("easy", 3, steps=3))
     heads = [episode.text().split(" | ")[:2]]

@@ -1,5 +1,5 @@
 """The Gymnasium env: registration, the checker, determinism, rewards that add up to the rubric,
-agreement with :func:`kv_cache_rl.runner.play`, and vectorization."""
+agreement with :func:`kv_cache_rl.task.runner.play`, and vectorization."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ import pytest
 gym = pytest.importorskip("gymnasium")
 
 import kv_cache_rl  # noqa: E402,F401  (registers the env)
-from kv_cache_rl.features import NUM_GLOBAL, NUM_SLOTS, OBS_SIZE  # noqa: E402
-from kv_cache_rl.gym_env import ACTION_NAMES, KVCacheEvictionEnv, actions_to_codes  # noqa: E402
+from kv_cache_rl.task.features import NUM_GLOBAL, NUM_SLOTS, OBS_SIZE  # noqa: E402
+from kv_cache_rl.task.gym_env import ACTION_NAMES, KVCacheEvictionEnv, actions_to_codes  # noqa: E402
 from kv_cache_rl.policies import make_policy  # noqa: E402
-from kv_cache_rl.runner import play  # noqa: E402
-from kv_cache_rl.scenario import make_scenario  # noqa: E402
+from kv_cache_rl.task.rubric import REWARD_RANGE  # noqa: E402
+from kv_cache_rl.task.runner import play  # noqa: E402
+from kv_cache_rl.task.scenario import make_scenario  # noqa: E402
 
 POOL = (1000, 1001)
 
@@ -52,7 +53,7 @@ def test_registered_in_either_import_order():
     for code in ("import kv_cache_rl, gymnasium as g; g.make('KVCacheEviction-v1', seeds=[1])",
                  "import gymnasium as g, kv_cache_rl; g.make('KVCacheEviction-v1', seeds=[1])"):
         subprocess.run([sys.executable, "-c", code], check=True)
-    assert gym.spec("KVCacheEviction-v1").entry_point == "kv_cache_rl.gym_env:KVCacheEvictionEnv"
+    assert gym.spec("KVCacheEviction-v1").entry_point == "kv_cache_rl.task.gym_env:KVCacheEvictionEnv"
 
 
 def test_check_env_passes_without_warnings():
@@ -158,25 +159,29 @@ def test_bad_arguments():
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_vector_env(kind):
     cls = gym.vector.SyncVectorEnv if kind == "sync" else gym.vector.AsyncVectorEnv
-    envs = cls([lambda: make() for _ in range(2)])
+    envs = cls([lambda: make(steps=8) for _ in range(2)])
     try:
         obs, info = envs.reset(seed=[0, 1])
         assert obs.shape == (2, OBS_SIZE)
         envs.action_space.seed(0)
-        total = np.zeros(2)
-        for _ in range(16):  # one full episode (15 steps) and an autoreset
+        total, ended = np.zeros(2), []
+        for step in range(1, 10):  # one full episode (8 steps) and an autoreset
             obs, reward, terminated, truncated, info = envs.step(envs.action_space.sample())
             total += reward
-            assert obs.shape == (2, OBS_SIZE) and reward.shape == (2,)
+            assert obs.shape == (2, OBS_SIZE) and reward.shape == (2,) and not truncated.any()
             if terminated.any():
-                assert terminated.all()  # every episode has 15 steps
-                assert np.all((total > -0.7) & (total < 0.5))
+                ended.append(step)
+                assert terminated.all()  # every episode has 8 steps
+                # shaped rewards add up to the episode's rubric score, within the rubric's range
+                np.testing.assert_allclose(total, info["score"]["reward"], atol=1e-9)
+                assert np.all((total >= REWARD_RANGE[0]) & (total <= REWARD_RANGE[1]))
+        assert ended == [8]
     finally:
         envs.close()
 
 
 def test_docstring_states_the_real_spaces():
-    from kv_cache_rl.features import NUM_ENTRY
+    from kv_cache_rl.task.features import NUM_ENTRY
 
     doc = KVCacheEvictionEnv.__doc__
     assert f"MultiDiscrete([{len(ACTION_NAMES)}] * {NUM_SLOTS})" in doc

@@ -9,12 +9,12 @@ import math
 import numpy as np
 import pytest
 
-from kv_cache_rl.episode import MAX_CALLS_PER_STEP, Episode
+from kv_cache_rl.task.episode import MAX_CALLS_PER_STEP, Episode
 from kv_cache_rl.policies import POLICIES, make_policy
 from kv_cache_rl.policies.learned import (PARAM_NAMES, LearnedPolicy, initial_vector,
                                           load_weights)
-from kv_cache_rl.runner import play
-from kv_cache_rl.scenario import make_scenario
+from kv_cache_rl.task.runner import play
+from kv_cache_rl.task.scenario import make_scenario
 
 
 def test_shipped_weights_load_with_provenance():
@@ -65,7 +65,7 @@ def test_deterministic_and_better_than_keep():
 
 def test_served_from_text_gives_the_same_actions():
     """``serve`` rebuilds observations from text; the policy must act identically on them."""
-    from kv_cache_rl.observation import Observation
+    from kv_cache_rl.task.observation import Observation
 
     episode = Episode(make_scenario("hard", 1000))
     policy = make_policy("learned")
@@ -93,7 +93,7 @@ def test_parameter_vector_round_trip_and_errors(tmp_path):
 def test_train_smoke(tmp_path):
     """One tiny generation in-process writes weights the policy loads (the real run is
     ``kv-cache-rl train``, a few minutes on two cores)."""
-    from kv_cache_rl.train import train
+    from kv_cache_rl.apps.train import train
 
     out = tmp_path / "w.json"
     data = train(out=out, generations=1, population=2, elite=1, batch=1, workers=1,

@@ -1,14 +1,16 @@
 """Policies: registry, contract, and the bars the leaderboard must show."""
 
 import json
+import math
 
 import pytest
 
-from kv_cache_rl import bench
-from kv_cache_rl.episode import Action
+from kv_cache_rl.apps import bench
+from kv_cache_rl.task.episode import Action
 from kv_cache_rl.policies import POLICIES, Policy, make_policy
-from kv_cache_rl.runner import play
-from kv_cache_rl.scenario import make_scenario
+from kv_cache_rl.task.rubric import REWARD_RANGE
+from kv_cache_rl.task.runner import play
+from kv_cache_rl.task.scenario import make_scenario
 
 SEEDS = range(3)
 
@@ -40,6 +42,22 @@ def test_registry_and_unknown_name():
 def test_every_heuristic_plays_hard_episodes_without_invalid_actions(name):
     episode = play(make_scenario("hard", 0), make_policy(name))
     assert episode.done
+    if name != "random":
+        assert episode.record.invalid_actions == 0
+
+
+@pytest.mark.parametrize("tier,seed", [("hard", 2), ("easy", 4)])
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_every_registered_policy_plays_a_short_episode(name, tier, seed):
+    """Every registered policy, the planners included, plays a 4-step window to the end: the
+    episode is done, its reward finite and in the rubric's range, and no call was refused
+    (``random``'s may be). The windows put every policy under pressure (each one acts)."""
+    episode = play(make_scenario(tier, seed, steps=4), make_policy(name))
+    reward = episode.score()["reward"]
+    assert episode.done and math.isfinite(reward)
+    assert REWARD_RANGE[0] - 1e-9 <= reward <= REWARD_RANGE[1] + 1e-9
+    acted = sum(len(step) for step in episode.history)
+    assert acted == 0 if name == "keep" else acted > 0, f"{name} acted {acted} times"
     if name != "random":
         assert episode.record.invalid_actions == 0
 

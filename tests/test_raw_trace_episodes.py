@@ -5,16 +5,16 @@ same determinism and state round trip as generated episodes."""
 import json
 
 import pytest
-from conftest import CHAT_SYSTEM_IDS, chat_trace_rows
 
-from kv_cache_rl.cli import main
-from kv_cache_rl.config import Trace, TraceRequest
-from kv_cache_rl.episode import Episode
+from kv_cache_rl.apps.cli import main
+from kv_cache_rl.workload.requests import Trace, TraceRequest
+from kv_cache_rl.task.episode import Episode
 from kv_cache_rl.policies import make_policy
-from kv_cache_rl.runner import play
-from kv_cache_rl.scenario import RETENTION_S, TIERS, make_scenario
-from kv_cache_rl.sessions import infer_sessions
-from kv_cache_rl.traces import TraceFormatError
+from kv_cache_rl.task.runner import play
+from kv_cache_rl.task.scenario import RETENTION_S, TIERS, make_scenario
+from kv_cache_rl.workload.sessions import infer_sessions
+from kv_cache_rl.workload.traces import TraceFormatError
+from tests.support.traces import CHAT_SYSTEM_IDS, chat_trace_rows
 
 
 def test_window_is_a_real_cut_of_the_file_with_the_tiers_budget(chat_trace):
@@ -127,7 +127,7 @@ def test_bench_cli_with_a_trace(chat_trace, tmp_path, capsys):
 
 def test_gym_env_plays_chat_trace_windows(chat_trace):
     pytest.importorskip("gymnasium")
-    from kv_cache_rl.gym_env import KVCacheEvictionEnv
+    from kv_cache_rl.task.gym_env import KVCacheEvictionEnv
 
     env = KVCacheEvictionEnv(difficulty="hard", seeds=[3], trace_path=str(chat_trace))
     env.reset(seed=0)

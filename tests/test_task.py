@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from kv_cache_rl.engine import Engine
-from kv_cache_rl.episode import Action, Episode
+from kv_cache_rl.task.episode import Action, Episode
 from kv_cache_rl.policies import HEURISTICS, POLICIES, make_policy
 from kv_cache_rl.policies.oracle import OraclePolicy, follow, played
-from kv_cache_rl.runner import play
-from kv_cache_rl.scenario import DIFFICULTIES, TASK_VERSION, make_scenario
+from kv_cache_rl.task.runner import play
+from kv_cache_rl.task.scenario import DIFFICULTIES, TASK_VERSION, make_scenario
 from tests.support.blind import battery
 
 # the bench's recorded run (seeds 0-19 of every tier, every registered policy): the README's
@@ -152,11 +152,11 @@ def test_observation_shows_history_never_the_future():
 
 
 def test_pinned_names_stay_importable():
-    import kv_cache_rl.episode as ep
+    import kv_cache_rl.task.episode as ep
     import kv_cache_rl.policies as pol
-    import kv_cache_rl.runner as runner
-    import kv_cache_rl.scenario as scenario
-    from kv_cache_rl.observation import Entry, Observation
+    import kv_cache_rl.task.runner as runner
+    import kv_cache_rl.task.scenario as scenario
+    from kv_cache_rl.task.observation import Entry, Observation
 
     assert callable(scenario.make_scenario) and callable(runner.play)
     assert ep.Episode and ep.Action and pol.POLICIES and pol.Policy and pol.make_policy

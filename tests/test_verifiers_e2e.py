@@ -8,7 +8,7 @@ than the cap, a reply with no tool call, a message of malformed calls only) and 
 policy. The tests read the written traces and check:
 
 * every rollout is ok and ran all its steps;
-* policy tasks score exactly what ``kv_cache_rl.runner.play`` (what ``kv-cache-rl bench``
+* policy tasks score exactly what ``kv_cache_rl.task.runner.play`` (what ``kv-cache-rl bench``
   reports) scores on the same scenario;
 * every trace's tool results, observations and rewards equal the core's replay of the same
   assistant messages (:func:`kv_cache_eviction.common.play_turns`), bad calls included, with
@@ -35,13 +35,13 @@ from pathlib import Path
 
 import pytest
 
-from kv_cache_rl.obs_text import find_observations
-from kv_cache_rl.observation import Observation
-from kv_cache_rl.bench import normalize
+from kv_cache_rl.task.observation import find_observations
+from kv_cache_rl.task.observation import Observation
+from kv_cache_rl.apps.bench import normalize
 from kv_cache_rl.policies import make_policy
 from kv_cache_rl.policies.oracle import played
-from kv_cache_rl.runner import play
-from kv_cache_rl.scenario import make_scenario
+from kv_cache_rl.task.runner import play
+from kv_cache_rl.task.scenario import make_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "environments" / "kv_cache_eviction"))
@@ -90,7 +90,7 @@ def scripted(body: dict, chat) -> list | str:
 def server():
     import uvicorn
 
-    from kv_cache_rl.serve import ChatPolicy, create_app
+    from kv_cache_rl.apps.serve import ChatPolicy, create_app
 
     chat = ChatPolicy(POLICY)
     app = create_app(POLICY, decide=lambda body: scripted(body, chat))

@@ -1,4 +1,9 @@
-"""Workload profiles (shipped JSONs, derivation) and the generator (plain and agentic)."""
+"""Workload statistics (shipped JSONs, derivation) and the generator (plain and agentic).
+
+The statistics are checked against each other, the raw traces and the generator's parameters;
+the headline figures next to their published references are printed by
+``benchmarks/calibration_figures.py``.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kv_cache_rl.arrivals import fit_mmpp2, interarrival_stats, mmpp2_cv2_idc, sample_arrivals
-from kv_cache_rl.config import Trace
-from kv_cache_rl.traces import dump_jsonl, load_trace
-from kv_cache_rl.workload_profiles import DEFAULT_OUT_DIR, derive_profiles, dumps
-from kv_cache_rl.workloads import (AGENTIC_DEFAULTS, PROFILES, expected_requests_per_session,
-                                   generate, load_profile, sample_quantiles)
+from kv_cache_rl.workload.arrivals import fit_mmpp2, interarrival_stats, mmpp2_cv2_idc, sample_arrivals
+from kv_cache_rl.workload.requests import Trace
+from kv_cache_rl.workload.traces import dump_jsonl, load_trace
+from kv_cache_rl.workload.statistics import DEFAULT_OUT_DIR, derive_all_statistics, dumps
+from kv_cache_rl.workload.generators import (AGENTIC_DEFAULTS, TURN_STATS_WORKLOAD, WORKLOADS,
+                                             expected_requests_per_session, generate,
+                                             load_statistics, sample_quantiles)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -40,9 +46,9 @@ def check_hash_consistency(trace: Trace) -> None:
 # ---- shipped profiles ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", PROFILES)
+@pytest.mark.parametrize("name", WORKLOADS)
 def test_shipped_profile_shape(name):
-    prof = load_profile(name)
+    prof = load_statistics(name)
     assert prof["name"] == name and prof["source"] and prof["licence"]
     for key in ("input_toks", "output_toks"):
         q = prof[key]["quantiles"]
@@ -52,32 +58,113 @@ def test_shipped_profile_shape(name):
     assert prof["arrival_model"]["model"] in ("mmpp2", "gamma")
 
 
-def test_profile_key_statistics():
-    code, conv = load_profile("azure_code"), load_profile("azure_conv")
-    assert 12 < code["interarrival"]["cv"] < 14.5 and 0.9 < conv["interarrival"]["cv"] < 1.3
-    assert 5.3 < conv["mean_rate_rps"] < 5.8
-    assert 12 < code["arrival_model"]["implied"]["cv"] < 14.5  # the model keeps the burstiness
-    mc, ms = load_profile("mooncake_conversation"), load_profile("mooncake_synthetic")
-    assert mc["prefix_reuse"]["reusable_token_fraction"] == pytest.approx(0.37, abs=0.02)
-    assert ms["prefix_reuse"]["reusable_token_fraction"] == pytest.approx(0.65, abs=0.02)
-    assert mc["prefix_reuse"]["system_prefix_blocks"] == 1
-    assert ms["prefix_reuse"]["system_prefix_blocks"] == 0
-    assert mc["interarrival"]["timestamp_bucket_s"] == 3.0
-    assert mc["sessions"]["turns_per_session"]["mean"] > 1
-    assert len(mc["sessions"]["new_toks_quantiles"]) == 101
+def _mmpp2_rate(model: dict) -> float:
+    """The stationary arrival rate of an MMPP2: each state's rate weighted by its time share."""
+    (r_hi, r_lo), (d_hi, d_lo) = model["rates_rps"], model["mean_dwell_s"]
+    return (r_hi * d_hi + r_lo * d_lo) / (d_hi + d_lo)
+
+
+@pytest.mark.parametrize("name", WORKLOADS)
+def test_shipped_statistics_agree_with_themselves(name):
+    """The figures of a statistics file follow from each other: rate, mean gap, the arrival
+    model's closed form (which keeps the measured rate and burstiness), the prefix fields."""
+    prof = load_statistics(name)
+    gaps, model = prof["interarrival"], prof["arrival_model"]
+    assert prof["mean_rate_rps"] == pytest.approx((prof["num_requests"] - 1) / prof["duration_s"],
+                                                  rel=1e-5)
+    assert gaps["mean_s"] == pytest.approx(1 / prof["mean_rate_rps"], rel=1e-4)
+    if model["model"] == "mmpp2":
+        implied = model["implied"]
+        (r_hi, r_lo), (d_hi, d_lo) = model["rates_rps"], model["mean_dwell_s"]
+        windows = [float(w) for w in implied["idc"]]
+        cv2, idc = mmpp2_cv2_idc(r_hi, r_lo, 1 / d_hi, 1 / d_lo, windows)
+        assert implied["cv"] == pytest.approx(np.sqrt(cv2), abs=1e-3)
+        assert list(implied["idc"].values()) == pytest.approx(idc, rel=1e-3)
+        assert implied["rate_rps"] == pytest.approx(_mmpp2_rate(model), rel=1e-4)
+        assert implied["rate_rps"] == pytest.approx(prof["mean_rate_rps"], rel=1e-4)
+        assert implied["cv"] == pytest.approx(gaps["cv"], rel=0.05)  # the burstiness is kept
+    else:
+        assert model["rate_rps"] == pytest.approx(prof["mean_rate_rps"], rel=1e-4)
+        assert model["cv"] == gaps["cv"]
+    reuse = prof["prefix_reuse"]
+    if reuse is not None:
+        assert 0 <= reuse["reusable_token_fraction_beyond_system"] \
+            <= reuse["reusable_token_fraction"] <= 1
+        assert reuse["system_prefix_toks"] == reuse["system_prefix_blocks"] \
+            * reuse["hash_block_tokens"]
+        if reuse["system_prefix_blocks"] == 0:
+            assert reuse["reusable_token_fraction_beyond_system"] == \
+                reuse["reusable_token_fraction"]
+        assert prof["sessions"]["turns_per_session"]["mean"] >= 1
+        assert len(prof["sessions"]["new_toks_quantiles"]) == 101
+    if gaps["timestamp_bucket_s"]:  # spreading the buckets' requests evens the gaps out
+        assert gaps["cv_raw"] > gaps["cv"]
+
+
+def test_statistics_orderings():
+    """What tells the workloads apart: Azure code is burstier than Azure conversation, the
+    Mooncake synthetic trace reuses more prefix than the conversation trace, and only the
+    conversation trace has a system prefix and coarse timestamps."""
+    code, conv = load_statistics("azure_code"), load_statistics("azure_conv")
+    assert code["interarrival"]["cv"] > conv["interarrival"]["cv"]
+    assert code["interarrival"]["idc"]["60"] > conv["interarrival"]["idc"]["60"]
+    mc, ms = load_statistics("mooncake_conversation"), load_statistics("mooncake_synthetic")
+    assert ms["prefix_reuse"]["reusable_token_fraction"] > \
+        mc["prefix_reuse"]["reusable_token_fraction"]
+    assert mc["prefix_reuse"]["system_prefix_blocks"] > 0 == \
+        ms["prefix_reuse"]["system_prefix_blocks"]
+    assert mc["interarrival"]["timestamp_bucket_s"] and not \
+        ms["interarrival"]["timestamp_bucket_s"]
+
+
+@pytest.mark.parametrize("name", ["mooncake_conversation", "mooncake_synthetic"])
+def test_prefix_and_timestamp_statistics_match_the_raw_file(name):
+    """Recounted straight from the raw JSONL (not through the derivation code): the leading
+    blocks every request shares, the prefix reuse an infinite cache would see, and whether the
+    timestamps come in buckets."""
+    prof = load_statistics(name)
+    path = DATA / "traces" / prof["file"]
+    if not path.is_file():
+        pytest.skip(f"{path} not present")
+    rows = sorted((json.loads(line) for line in path.open() if line.strip()),
+                  key=lambda r: r["timestamp"])
+    reuse = prof["prefix_reuse"]
+    shared = 0
+    while all(len(r["hash_ids"]) > shared for r in rows) and \
+            len({r["hash_ids"][shared] for r in rows}) == 1:
+        shared += 1
+    assert reuse["system_prefix_blocks"] == shared
+    seen: set[int] = set()
+    hit = 0
+    for r in rows:
+        lead = 0
+        while lead < len(r["hash_ids"]) and r["hash_ids"][lead] in seen:
+            lead += 1
+        hit += min(lead * reuse["hash_block_tokens"], r["input_length"])
+        seen.update(r["hash_ids"])
+    total = sum(r["input_length"] for r in rows)
+    assert reuse["reusable_token_fraction"] == pytest.approx(hit / total, abs=1e-4)
+    stamps = sorted({r["timestamp"] for r in rows})  # milliseconds
+    bucket = prof["interarrival"]["timestamp_bucket_s"]
+    if bucket:
+        steps = np.diff(stamps) / (1000 * bucket)
+        assert len(stamps) < len(rows) / 2  # many requests share a timestamp
+        assert np.all(np.abs(steps - np.round(steps)) < 0.01)  # whole buckets apart
+    else:
+        assert len(stamps) > len(rows) / 2
 
 
 @pytest.fixture(scope="module")
 def derived():
     if not (DATA / "traces").is_dir():
         pytest.skip(f"{DATA / 'traces'} not present")
-    return derive_profiles(DATA)
+    return derive_all_statistics(DATA)
 
 
 def test_derivation_reproduces_shipped_profiles(derived):
     for name, prof in derived.items():
         shipped = (DEFAULT_OUT_DIR / f"{name}.json").read_text()
-        assert dumps(prof) + "\n" == shipped, f"{name}.json is stale: rerun workload_profiles"
+        assert dumps(prof) + "\n" == shipped, f"{name}.json is stale: rerun kv_cache_rl.workload.statistics"
 
 
 def test_dumps_is_json():
@@ -89,10 +176,10 @@ def test_dumps_is_json():
 
 
 def test_mmpp2_sample_matches_closed_form():
-    model = load_profile("azure_code")["arrival_model"]
+    model = load_statistics("azure_code")["arrival_model"]
     t = sample_arrivals(model, 40 * 3600.0, rng(1))
     st = interarrival_stats(t)
-    assert len(t) / (40 * 3600) == pytest.approx(2.566, rel=0.1)
+    assert len(t) / (40 * 3600) == pytest.approx(_mmpp2_rate(model), rel=0.1)
     assert st["cv"] == pytest.approx(model["implied"]["cv"], rel=0.15)
     assert st["idc"]["10"] == pytest.approx(model["implied"]["idc"]["10"], rel=0.25)
 
@@ -151,7 +238,7 @@ def test_generate_deterministic(agentic):
     assert len({r.request_id for r in a.requests}) == len(a.requests)
 
 
-@pytest.mark.parametrize("name", PROFILES)
+@pytest.mark.parametrize("name", WORKLOADS)
 @pytest.mark.parametrize("agentic", [True, False])
 def test_hash_ids_consistent(name, agentic):
     trace = generate(name, duration_s=300.0, rate_scale=1.0, rng=rng(), agentic=agentic)
@@ -159,13 +246,13 @@ def test_hash_ids_consistent(name, agentic):
     check_hash_consistency(trace)
 
 
-def test_profile_by_dict_and_path(tmp_path):
-    prof = load_profile("sharegpt")
+def test_statistics_by_dict_and_path(tmp_path):
+    prof = load_statistics("sharegpt")
     (tmp_path / "p.json").write_text(json.dumps(prof))
     a = generate(prof, duration_s=30.0, rng=rng(), agentic=False)
     b = generate(str(tmp_path / "p.json"), duration_s=30.0, rng=rng(), agentic=False)
     assert a == b
-    with pytest.raises(ValueError, match="unknown profile"):
+    with pytest.raises(ValueError, match="unknown workload"):
         generate("nope", duration_s=30.0, rng=rng())
     with pytest.raises(TypeError, match="unknown"):
         generate(prof, duration_s=30.0, rng=rng(), turns=3)
@@ -189,6 +276,7 @@ def agentic_trace() -> Trace:
 
 def test_agentic_sessions_extend_each_other(agentic_trace):
     p, bs = AGENTIC_DEFAULTS, agentic_trace.hash_block_tokens
+    user_gap = load_statistics(TURN_STATS_WORKLOAD)["sessions"]["turn_gap_s_percentiles_0_5_100"]
     reqs = agentic_trace.requests
     sys_ids = None
     sessions = defaultdict(list)
@@ -207,7 +295,7 @@ def test_agentic_sessions_extend_each_other(agentic_trace):
             multi += 1
             assert nxt.turn == prev.turn + 1
             if prev.tool == "user":  # a user's gap: Mooncake's measured distribution
-                assert 5.9 <= prev.next_turn_s <= 3030.0
+                assert user_gap[0] <= prev.next_turn_s <= user_gap[-1]
             else:  # a tool call: its range times the session's pace (log-normal, sigma 0.5)
                 lo, hi = p["tool_pause_s"][prev.tool]
                 assert lo * 0.05 <= prev.next_turn_s <= hi * 20
@@ -248,22 +336,30 @@ def reqs_tool(trace, r) -> str:
 
 
 def test_agentic_shares(agentic_trace):
-    reqs = agentic_trace.requests
-    eph = np.mean([r.ephemeral for r in reqs])
-    assert 0.05 < eph < 0.25
-    assert 0.05 < np.mean([r.priority for r in reqs]) < 0.17
+    """The generator's shares, each within four standard errors of its parameter: a sub-agent
+    call after a returning tool call, a priority session, the reasoning part of thinking turns."""
+    p, reqs = AGENTIC_DEFAULTS, agentic_trace.requests
+
+    def near(share: float, n: int, prob: float) -> bool:
+        return abs(share - prob) <= 4 * np.sqrt(prob * (1 - prob) / n)
+
+    turns = [r for r in reqs if not r.ephemeral]
+    tool_calls = [r for r in turns if r.tool != "user" and r.next_turn_s > 0]
+    eph = sum(r.ephemeral for r in reqs)
+    assert near(eph / len(tool_calls), len(tool_calls), p["subagent_prob"])
+    priority = {r.session_id: r.priority for r in turns}  # one draw per session
+    assert near(np.mean(list(priority.values())), len(priority), p["priority_share"])
     thinking = [r for r in reqs if r.reasoning_toks > 0]
     frac = np.sum([r.reasoning_toks for r in thinking]) / np.sum([r.output_toks for r in thinking])
-    assert frac == pytest.approx(0.4, abs=0.05)
+    assert frac == pytest.approx(p["reasoning_fraction"], abs=0.05)
     # every reasoning-type turn thinks, no chat turn does
-    turns = [r for r in reqs if not r.ephemeral]
     assert all(r.reasoning_toks > 0 for r in turns if r.request_type == "reasoning"
                and r.output_toks > 2)
     assert not any(r.reasoning_toks for r in turns if r.request_type == "chat")
 
 
 def test_agentic_request_rate_matches_profile():
-    prof = load_profile("mooncake_conversation")
+    prof = load_statistics("mooncake_conversation")
     trace = generate(prof, duration_s=1800.0, rate_scale=0.5, rng=rng(5))
     rate = len(trace.requests) / 1800.0
     assert rate == pytest.approx(prof["mean_rate_rps"] * 0.5, rel=0.2)
@@ -293,7 +389,7 @@ def test_agentic_overrides():
     ("azure_conv", 3600.0, 0.15, 0.15), ("azure_code", 4 * 3600.0, 0.3, 0.3),
     ("sharegpt", 600.0, 0.1, 0.15)])
 def test_plain_statistics_match_profile(name, duration, tol_rate, tol_cv):
-    prof = load_profile(name)
+    prof = load_statistics(name)
     trace = generate(name, duration_s=duration, rate_scale=1.0, rng=rng(3), agentic=False)
     assert all(r.session_id == -1 and not r.hash_ids[:0] for r in trace.requests)
     t = arrivals(trace)
@@ -314,7 +410,7 @@ def test_plain_rate_scale_compresses_time():
 
 @pytest.mark.parametrize("name", ["mooncake_conversation", "mooncake_synthetic"])
 def test_plain_mooncake_prefix_reuse(name):
-    prof = load_profile(name)
+    prof = load_statistics(name)
     trace = generate(name, duration_s=1800.0, rate_scale=1.0, rng=rng(9), agentic=False)
     sys_toks = prof["prefix_reuse"]["system_prefix_toks"]
     assert trace.meta["system_toks"] == sys_toks

@@ -52,6 +52,7 @@ class BlockPool:
         self.total_units = num_blocks * UNITS_PER_BLOCK
         self.enable_caching = enable_caching
         self.free_units = self.total_units  # held by no block at all
+        self.reserved_units = 0  # taken by ``reserve`` for blocks not handed out yet
         self.ref: list[int] = []
         self.units: list[int] = []
         self.key: list[Hashable | None] = []
@@ -70,13 +71,16 @@ class BlockPool:
         self.watch_hit = False
 
     def copy(self) -> BlockPool:
-        """An independent copy (block ids are the same in both)."""
+        """An independent copy (block ids are the same in both). Every attribute is a number,
+        a frozen set, or a list or dict of immutable values (ids, counts, keys), so a shallow
+        copy of each container is a full copy; anything else raises rather than be shared."""
         new = BlockPool.__new__(BlockPool)
-        new.__dict__.update(self.__dict__)
-        new.ref, new.units, new.key = self.ref[:], self.units[:], self.key[:]
-        new.spare = self.spare[:]
-        new.cached = self.cached.copy()
-        new._evictable = self._evictable.copy()
+        for name, value in vars(self).items():
+            if isinstance(value, (list, dict)):  # OrderedDict.copy keeps the LRU order
+                value = value.copy()
+            elif not isinstance(value, (int, float, bool, frozenset, type(None))):
+                raise TypeError(f"BlockPool.copy: no copy rule for {name!r}")
+            setattr(new, name, value)
         return new
 
     # ---- accounting -------------------------------------------------------------------
@@ -117,10 +121,17 @@ class BlockPool:
                 if b in watch:
                     self.watch_hit = True
         self.free_units -= units
+        self.reserved_units += units
         return True
 
     def take(self, count: int, units_each: int) -> list[int]:
-        """``count`` new block ids with a reference each, for units already reserved."""
+        """``count`` new block ids with a reference each, for units already reserved (raises
+        if fewer are reserved: space is only ever handed out through ``reserve``)."""
+        units = count * units_each
+        if units > self.reserved_units:
+            raise BlockPoolError(f"take of {count} x {units_each} units with only "
+                                 f"{self.reserved_units} reserved")
+        self.reserved_units -= units
         spare = self.spare
         if len(spare) < count:
             grow = max(count, len(self.ref) // 2, 64)
@@ -264,11 +275,37 @@ class BlockPool:
             self.version += 1  # a prefix hit's size can decide an admitted request's tier
         return freed
 
-    def release_units(self, units: int) -> None:
-        """Return units taken with ``reserve`` that no block holds (blocks moved off the GPU)."""
-        self.free_units += units
-        if self.free_units > self.total_units:
-            raise BlockPoolError("more units returned than the pool holds")
+    def swap_out(self, blocks: list[int]) -> int:
+        """Move blocks held once to host memory: they leave the prefix cache and the GPU space
+        (their ids and sizes stay, held by the host copy with no GPU reference). Returns the
+        units freed."""
+        ref, units = self.ref, self.units
+        if any(ref[b] != 1 for b in blocks):
+            bad = next(b for b in blocks if ref[b] != 1)
+            raise BlockPoolError(f"swap_out of a block not held once: {self.describe(bad)}")
+        self.uncache_private(blocks)
+        moved = sum(gather(units, blocks))
+        for b in blocks:
+            ref[b] = 0
+        self.free_units += moved
+        return moved
+
+    def swap_in(self, blocks: list[int]) -> int:
+        """Bring host-held blocks (no GPU reference, not cached) back with one reference each,
+        into space already reserved for them; returns their units."""
+        ref, units = self.ref, self.units
+        back = [b for b in blocks if ref[b] == 0]
+        if any(self.key[b] is not None for b in back):
+            bad = next(b for b in back if self.key[b] is not None)
+            raise BlockPoolError(f"swap_in of a cached free block {self.describe(bad)}")
+        need = sum(gather(units, back))
+        if need > self.reserved_units:
+            raise BlockPoolError(f"swap_in of {need} units with only {self.reserved_units} "
+                                 "reserved")
+        self.reserved_units -= need
+        for b in back:
+            ref[b] = 1
+        return need
 
     def discard(self, blocks: Iterable[int]) -> None:
         """Return ids that hold no GPU space (KV dropped from host memory) to the spare list."""
@@ -286,6 +323,8 @@ class BlockPool:
         evictable = sum(self.units[b] for b in self._evictable.values())
         if evictable != self.evictable_units:
             raise BlockPoolError(f"evictable units {self.evictable_units} != {evictable}")
+        if not 0 <= self.reserved_units <= self.total_units - self.free_units:
+            raise BlockPoolError(f"reserved units {self.reserved_units} out of range")
         if not 0 <= self.free_units <= self.total_units or self.used_units < 0:
             raise BlockPoolError(f"free {self.free_units} / used {self.used_units} out of range")
         for k, b in self.cached.items():

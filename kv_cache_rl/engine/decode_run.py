@@ -75,6 +75,7 @@ def decode_run(engine, until: float) -> float:
         need += units
         dt = cost(no_chunks, n, kv + k * growth)
         stats.observe(dt, (used + need) / total, n, waiting)
+        stats.quality_loss += loss  # per iteration, as the scheduler adds it: the same float
         t += dt
         k += 1
         if series is not None:
@@ -93,7 +94,6 @@ def decode_run(engine, until: float) -> float:
         seq.num_tokens += k
         seq.num_output += k
     stats.generated_tokens += k * n
-    stats.quality_loss += k * loss
     engine.iterations += k
     served = t - engine.now
     if engine._memory_blocked:  # set by decode_room: the queue head waits for KV memory

@@ -21,17 +21,20 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from types import MappingProxyType
 
-from kv_cache_rl.config import REQUEST_TYPES, EngineConfig, Trace, TraceRequest
+from kv_cache_rl.engine.config import EngineConfig
+from kv_cache_rl.workload.requests import REQUEST_TYPES, Trace, TraceRequest
 from kv_cache_rl.engine.actions import ActionsMixin
 from kv_cache_rl.engine.block_pool import UNITS_PER_BLOCK, BlockPool
 from kv_cache_rl.engine.decode_run import decode_run
 from kv_cache_rl.engine.metrics import EngineStats, Timeseries
+from kv_cache_rl.engine.retention import RetentionMixin
 from kv_cache_rl.engine.scheduler import SchedulerMixin
-from kv_cache_rl.engine.sequence import Sequence, State
+from kv_cache_rl.engine.sequence import FinishedRequest, Sequence, State
 
 
-class Engine(SchedulerMixin, ActionsMixin):
+class Engine(SchedulerMixin, ActionsMixin, RetentionMixin):
     """Serve ``trace`` on one GPU described by ``profile`` under ``config``.
 
     The constructor only builds state; nothing runs until :meth:`step` / :meth:`run_until`.
@@ -59,7 +62,7 @@ class Engine(SchedulerMixin, ActionsMixin):
         self.running: list[Sequence] = []
         self.swapped: deque[Sequence] = deque()  # preempted-by-swap requests, FIFO
         self.live: dict[int, Sequence] = {}  # every sequence holding or awaiting KV
-        self.finished: list[Sequence] = []  # completed requests, in completion order
+        self.finished: list[FinishedRequest] = []  # completed requests, in completion order
         self.stats = EngineStats()
         self.timeseries = Timeseries() if record_timeseries else None
         self._next_arrival = 0
@@ -75,12 +78,13 @@ class Engine(SchedulerMixin, ActionsMixin):
         self._system: Sequence | None = None
         # closed loop: id(request) -> the trace indices its finish releases (immutable, shared
         # by clones), and a heap of (release time, trace index) released but not yet arrived
-        self._children: dict[int, list[int]] = {}
+        children: dict[int, list[int]] = {}
         if config.closed_loop:
             requests = trace.requests
             for i, req in enumerate(requests):
                 if req.after >= 0:
-                    self._children.setdefault(id(requests[req.after]), []).append(i)
+                    children.setdefault(id(requests[req.after]), []).append(i)
+        self._children = MappingProxyType({k: tuple(v) for k, v in children.items()})
         self._released: list[tuple[float, int]] = []
         self._memory_blocked = False  # this iteration, work waited for KV memory
         self.system_tier = 0  # precision of the shared system prompt (an agent may compress it)
@@ -262,7 +266,7 @@ class Engine(SchedulerMixin, ActionsMixin):
             if req.hash_ids and id(req) not in self._keys_cache:
                 self._keys_cache[id(req)] = self._shared_keys(req)
 
-    def _shared_keys(self, req: TraceRequest) -> list[int]:
+    def _shared_keys(self, req: TraceRequest) -> tuple[int, ...]:
         """Cache keys of the prompt's full blocks that hash ids cover.
 
         A hash id covers ``hash_block_tokens`` (``hbt``) tokens and, like vLLM's block hashes,
@@ -278,8 +282,8 @@ class Engine(SchedulerMixin, ActionsMixin):
             offsets = range(bs - 1, hbt, bs)
             keys = [i * hbt + o for i in ids[:-(-n_full * bs // hbt)] for o in offsets]
             del keys[n_full:]
-            return keys
-        return [ids[e // hbt] * hbt + e % hbt for e in range(bs - 1, n_full * bs, bs)]
+            return tuple(keys)  # immutable: sequences and engine clones share it
+        return tuple(ids[e // hbt] * hbt + e % hbt for e in range(bs - 1, n_full * bs, bs))
 
     def _reclaim_pinned(self) -> bool:
         """Nothing runs and the queue head does not fit: release the least recently used

@@ -6,13 +6,39 @@ forward pass (sampled tokens, finished requests, newly shareable prompt blocks).
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from itertools import compress as select  # not the quantizing action
 from operator import not_
+from typing import NamedTuple
 
 from kv_cache_rl.engine.block_pool import UNITS_PER_BLOCK, gather
 from kv_cache_rl.engine.sequence import Sequence, State, remember_units
 
 LOOKUP_CHUNK = 64  # prefix keys looked up at once at first (the chunk doubles while all hit)
+
+
+class PrefixHits(NamedTuple):
+    """A request's cached prefix (vLLM ``get_computed_blocks``) and what admitting it takes."""
+
+    blocks: list[int]  # the longest run of cached full blocks at the start of the prompt
+    cost_units: int  # the units touching them takes from the allocatable space (free ones)
+    smallest_units: int  # the smallest hit's units past the system prefix (sets the tier)
+    units_past_system: int  # the hits' units past the system prefix (for the size memo)
+
+
+NO_HITS = PrefixHits([], 0, UNITS_PER_BLOCK, 0)
+
+
+class PrefixLookup(NamedTuple):
+    """The last lookup, remembered for a blocked queue head that is asked again."""
+
+    seq: Sequence
+    version: int  # pool.version then: no hit left the cache or changed reference or size
+    num_tokens: int
+    after: Hashable | None  # the key after the hits: once published, the hits may grow
+    found: PrefixHits
+    refs: tuple | None  # the hits' reference counts; None once the LRU watch is set up
+    evicted_blocks: int  # pool.evicted_blocks then
 
 
 class SchedulerMixin:
@@ -42,8 +68,17 @@ class SchedulerMixin:
             seq = running[i]
             computed = seq.num_computed
             out = seq.num_output
-            if out and seq.num_tokens - computed == 1 and computed % bs:
-                # the common case: a decode within its last block, no allocation needed
+            if out and seq.num_tokens - computed == 1:  # a decode: one token, one new KV
+                if not computed % bs:  # its last block is full: it needs another first
+                    units = UNITS_PER_BLOCK >> seq.tier
+                    if not reserve(units):
+                        fits = self._preempt_for(seq, units)
+                        preempted, n_running = True, len(running)
+                        if not fits:
+                            break
+                    seq.blocks += take(1, units)
+                # the decode's accounting, the one place it is written (decode_run repeats
+                # exactly this for k iterations at once)
                 i += 1
                 budget -= 1
                 tier = seq.tier
@@ -59,6 +94,7 @@ class SchedulerMixin:
                 if out >= seq.max_output:
                     finished.append(seq)
                 continue
+            # a prefill chunk (a new prompt, or recomputing what a preemption dropped)
             n = seq.num_tokens - computed
             if n > budget:
                 n = budget
@@ -68,33 +104,16 @@ class SchedulerMixin:
                 need = (computed + n + bs - 1) // bs - len(seq.blocks)
             if need > 0:
                 units = UNITS_PER_BLOCK >> seq.tier
-                while not reserve(need * units):
-                    victim = running.pop()
-                    n_running -= 1
-                    self._preempt(victim)
-                    preempted = True
-                    if victim is seq:
+                if not reserve(need * units):
+                    fits = self._preempt_for(seq, need * units)
+                    preempted, n_running = True, len(running)
+                    if not fits:
                         break
-                else:
-                    seq.blocks += take(need, units)
-                if seq.state != State.RUNNING:
-                    break
+                seq.blocks += take(need, units)
             budget -= n
             i += 1
-            if n == 1 and out and computed + 1 == seq.num_tokens:
-                # a decode that needed a block (not a recompute cut to 1 token by the budget)
-                tier = seq.tier
-                kv_sum += (computed + 1) * attention[tier]
-                if tier:
-                    loss += quality[seq.rtype][tier]
-                seq.num_computed = computed + 1
-                seq.num_tokens += 1
-                seq.num_output = out + 1
-                if out + 1 >= seq.max_output:
-                    finished.append(seq)
-            else:
-                scheduled.append((seq, n))
-                chunks.append((n, computed))
+            scheduled.append((seq, n))
+            chunks.append((n, computed))
         num_decodes = i - len(scheduled)
         self.stats.quality_loss += loss
         self._preempted = preempted
@@ -105,6 +124,18 @@ class SchedulerMixin:
             if self.waiting and budget > 0:
                 budget = self._admit(scheduled, chunks, budget)
         return scheduled, chunks, num_decodes, kv_sum, finished
+
+    def _preempt_for(self, seq: Sequence, units: int) -> bool:
+        """vLLM V1: preempt the most recently admitted running requests until ``units`` can be
+        reserved for ``seq`` (then reserved); False if ``seq`` itself had to go."""
+        running, reserve = self.running, self.pool.reserve
+        while True:
+            victim = running.pop()
+            self._preempt(victim)
+            if victim is seq:
+                return False
+            if reserve(units):
+                return True
 
     def _admit(self, scheduled, chunks, budget: int) -> int:
         """Admit waiting requests FCFS; the head that does not fit blocks the queue."""
@@ -168,7 +199,7 @@ class SchedulerMixin:
             tier = self.system_tier  # every request reads the (compressed) system prompt
         return hits, hit_cost, n, need, tier, hit_units
 
-    def _prefix_hits(self, seq: Sequence) -> tuple[list[int], int, int, int]:
+    def _prefix_hits(self, seq: Sequence) -> PrefixHits:
         """Longest run of cached full blocks at the start of ``seq`` (vLLM get_computed_blocks),
         the units that touching them takes from the allocatable space, the smallest hit
         block's units and the hits' units past the system prefix.
@@ -181,20 +212,20 @@ class SchedulerMixin:
         nothing was evicted meanwhile.
         """
         if not self.config.enable_prefix_caching or not (seq.shared_keys or seq.num_preemptions):
-            return [], 0, UNITS_PER_BLOCK, 0
+            return NO_HITS
         memo = self._hits_memo
         pool = self.pool
-        if memo is not None and memo[0] is seq and memo[1] == pool.version \
-                and memo[2] == seq.num_tokens and memo[3] not in pool.cached:
-            found, refs = memo[4], memo[5]
+        if memo is not None and memo.seq is seq and memo.version == pool.version \
+                and memo.num_tokens == seq.num_tokens and memo.after not in pool.cached:
+            found, refs = memo.found, memo.refs
             if refs is None:  # watched since the lookup
                 if not pool.watch_hit:
                     return found
-            elif pool.evicted_blocks == memo[6]:  # asked again, nothing evicted: watch now
-                pool.watch = frozenset(select(found[0], map(not_, refs))) if 0 in refs \
+            elif pool.evicted_blocks == memo.evicted_blocks:  # asked again, nothing evicted
+                pool.watch = frozenset(select(found.blocks, map(not_, refs))) if 0 in refs \
                     else frozenset()
                 pool.watch_hit = False
-                self._hits_memo = memo[:5] + (None, memo[6])
+                self._hits_memo = memo._replace(refs=None)
                 return found
         hits = self._lookup_hits(seq)
         refs = gather(pool.ref, hits)
@@ -205,20 +236,20 @@ class SchedulerMixin:
             # the system prefix's precision is the engine's system_tier (set when an agent
             # compresses it), not whichever traffic class computed it first
             smallest = min(sizes[cut:]) if len(sizes) > cut else UNITS_PER_BLOCK
-            found = hits, cost, smallest, sum(sizes[cut:])
+            found = PrefixHits(hits, cost, smallest, sum(sizes[cut:]))
         else:
-            found = hits, 0, UNITS_PER_BLOCK, 0
+            found = PrefixHits(hits, 0, UNITS_PER_BLOCK, 0)
         j, keys = len(hits), seq.shared_keys
         limit = (seq.num_tokens - 1) // self.config.block_size
         after = None if j >= limit else keys[j] if j < len(keys) else (seq.seq_id, j)
-        if memo is not None and memo[0] is seq:  # asked again: a blocked head, watch at once
+        if memo is not None and memo.seq is seq:  # asked again: a blocked head, watch at once
             pool.watch = frozenset(select(hits, map(not_, refs))) if 0 in refs else frozenset()
             pool.watch_hit = False
             refs = None
         else:
             pool.watch = frozenset()
-        self._hits_memo = (seq, pool.version, seq.num_tokens, after, found, refs,
-                           pool.evicted_blocks)
+        self._hits_memo = PrefixLookup(seq, pool.version, seq.num_tokens, after, found, refs,
+                                       pool.evicted_blocks)
         return found
 
     def _lookup_hits(self, seq: Sequence) -> list[int]:

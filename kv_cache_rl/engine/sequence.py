@@ -10,8 +10,9 @@ become sequences of their own: ``context`` (the prompt, reusable as the next tur
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import NamedTuple
 
-from kv_cache_rl.config import REQUEST_TYPES, TraceRequest
+from kv_cache_rl.workload.requests import REQUEST_TYPES, TraceRequest
 from kv_cache_rl.engine.block_pool import gather
 
 KINDS = ("system", "context", "generation", "reasoning", "ephemeral")
@@ -49,7 +50,7 @@ class Sequence:
         self.num_tokens = prompt_len  # prompt + generated (vLLM Request.num_tokens), kept in step
         self.num_computed = 0  # tokens whose KV has been computed (vLLM num_computed_tokens)
         self.blocks: list[int] = []  # block ids in the engine's pool, in token order
-        self.shared_keys: list = []  # prefix-cache keys of the prompt's shareable full blocks
+        self.shared_keys: tuple = ()  # prefix-cache keys of the prompt's shareable full blocks
         self.num_registered = 0  # how many of shared_keys are published in the cache
         self.tier = 0  # precision of the sequence's private blocks: 0 fp16, 1 int8, 2 int4
         self.arrival_s = arrival_s
@@ -122,6 +123,32 @@ class Sequence:
         return (f"Sequence({self.seq_id}, {self.kind}, {self.state.name}, "
                 f"computed={self.num_computed}, out={self.num_output}/{self.max_output}, "
                 f"blocks={len(self.blocks)}, tier={self.tier})")
+
+
+class FinishedRequest(NamedTuple):
+    """A completed request, frozen: the engine's ``finished`` list holds these, so an engine
+    and its clones can share them (a finished request never changes again)."""
+
+    seq_id: int
+    req: TraceRequest | None
+    arrival_s: float
+    first_token_s: float
+    finish_s: float
+    prompt_len: int
+    max_output: int
+    num_output: int
+    num_preemptions: int
+    tier: int
+
+    @classmethod
+    def of(cls, seq: Sequence) -> "FinishedRequest":
+        return cls(seq.seq_id, seq.req, seq.arrival_s, seq.first_token_s, seq.finish_s,
+                   seq.prompt_len, seq.max_output, seq.num_output, seq.num_preemptions,
+                   seq.tier)
+
+    @property
+    def state(self) -> State:
+        return State.FINISHED
 
 
 def count_units(seq: Sequence, units_of: list[int], block_size: int) -> int:

@@ -13,32 +13,25 @@ from kv_cache_rl.policies.lru import LRUPolicy
 from kv_cache_rl.policies.marconi import MarconiPolicy
 from kv_cache_rl.policies.oracle import OraclePolicy
 from kv_cache_rl.policies.random_policy import RandomPolicy
+from kv_cache_rl.policies.registry import POLICIES, make_policy
 from kv_cache_rl.policies.sliding_window import SlidingWindowPolicy
 from kv_cache_rl.policies.swap_first import SwapFirstPolicy
 from kv_cache_rl.policies.t_lru import TLRUPolicy
 from kv_cache_rl.policies.type_aware import TypeAwarePolicy
 from kv_cache_rl.policies.value_greedy import ValueGreedyPolicy
 
-POLICIES: dict[str, type[Policy]] = {
+POLICIES.update({
     cls.name: cls
     for cls in (KeepPolicy, RandomPolicy, LRUPolicy, LFUPolicy, TLRUPolicy, MarconiPolicy,
                 ContinuumPolicy, LargestFirstPolicy, ValueGreedyPolicy, CompressFirstPolicy,
                 SwapFirstPolicy, HybridPolicy, SlidingWindowPolicy, TypeAwarePolicy,
                 LearnedPolicy, LookaheadPolicy, OraclePolicy)
-}
+})
 
 # the hand-written rules: not the planners (they see the future), not the trained policy, not
 # the references without a rule (no agent, random actions)
 HEURISTICS = tuple(name for name, cls in POLICIES.items()
                    if not cls.sees_future and name not in ("keep", "random", "learned"))
-
-
-def make_policy(name: str) -> Policy:
-    """A fresh policy by registry name."""
-    try:
-        return POLICIES[name]()
-    except KeyError:
-        raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}") from None
 
 
 __all__ = ["HEURISTICS", "POLICIES", "Policy", "PressurePolicy", "make_policy"]

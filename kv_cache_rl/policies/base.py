@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from kv_cache_rl.episode import Action
-from kv_cache_rl.observation import Entry, Observation
+from kv_cache_rl.task.episode import Action
+from kv_cache_rl.task.observation import Entry, Observation
 
 
 class Policy:

@@ -10,25 +10,26 @@ from __future__ import annotations
 import functools
 import math
 
-from kv_cache_rl.config import REQUEST_TYPES
-from kv_cache_rl.scenario import GPU, MODEL
-from kv_cache_rl.workloads import AGENTIC_DEFAULTS, TURN_STATS_PROFILE
-from kv_cache_rl.workloads import load_profile as load_workload
+from kv_cache_rl.workload.requests import REQUEST_TYPES
+from kv_cache_rl.task.scenario import GPU, MODEL
+from kv_cache_rl.workload.generators import AGENTIC_DEFAULTS, TURN_STATS_WORKLOAD
+from kv_cache_rl.workload.generators import load_statistics
 
 def _log_uniform_mean(lo: float, hi: float) -> float:
     return (hi - lo) / math.log(hi / lo)
 
 
 @functools.cache
-def costs(model: str = MODEL, gpu: str = GPU) -> dict:
-    """Operator-known costs of the deployment ``(model, gpu)`` (the episodes' by default)."""
-    from kv_cache_rl.profiles import load_profile
+def costs(model: str = MODEL, gpu: str = GPU, tensor_parallel_size: int = 1) -> dict:
+    """Operator-known costs of the deployment (the episodes' default server unless named; the
+    shipped heuristics use the default's: only the prefill and swap times depend on it)."""
+    from kv_cache_rl.hardware.profiles import load_profile
 
-    profile = load_profile(model, gpu)
+    profile = load_profile(model, gpu, tensor_parallel_size)
     chunk = 2048  # a full prefill chunk (max_num_batched_tokens), as recompute runs
     prefill_s = profile.cost.iteration_time_s([(chunk, 0)], 0, 0.0) / chunk
     block_bytes = profile.model.kv_bytes_per_token * 16
-    gaps = load_workload(TURN_STATS_PROFILE)["sessions"]
+    gaps = load_statistics(TURN_STATS_WORKLOAD)["sessions"]
     # the expected pause per call in flight (an operator measures these): the means of the
     # tools' log-uniform ranges, and for a user Mooncake conversation's median turn gap
     user_gap = gaps["turn_gap_s_percentiles_0_5_100"][10]

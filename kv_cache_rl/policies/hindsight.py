@@ -22,7 +22,7 @@ these triggers on hard seeds.) It is not registered:
 
 from __future__ import annotations
 
-from kv_cache_rl.episode import Action
+from kv_cache_rl.task.episode import Action
 from kv_cache_rl.policies.base import Policy, feasible
 from kv_cache_rl.policies.costs import p_wrong
 

@@ -1,7 +1,7 @@
 """hybrid: the seed's hybrid strategy, a weighted score of block type and recency; compresses
 contexts it is unsure about, evicts the clearly dead."""
 
-from kv_cache_rl.observation import CONTEXT_PAUSE_S, KIND_VALUE
+from kv_cache_rl.task.observation import CONTEXT_PAUSE_S, KIND_VALUE
 from kv_cache_rl.policies.base import PressurePolicy
 
 

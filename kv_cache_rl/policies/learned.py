@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kv_cache_rl.episode import MAX_CALLS_PER_STEP, Action
-from kv_cache_rl.features import (ENTRY_FEATURES, GLOBAL_FEATURES, cpu_room, entry_matrix,
+from kv_cache_rl.errors import ConfigError
+from kv_cache_rl.task.episode import MAX_CALLS_PER_STEP, Action
+from kv_cache_rl.task.features import (ENTRY_FEATURES, GLOBAL_FEATURES, cpu_room, entry_matrix,
                                   global_features)
 from kv_cache_rl.policies.base import Policy
 
@@ -78,7 +79,7 @@ def load_weights(path: str | Path | None = None) -> dict:
     data = json.loads(_shipped_text() if path is None else Path(path).read_text())
     missing = set(PARAM_NAMES) - set(data["params"])
     if missing:
-        raise ValueError(f"weights file lacks parameters {sorted(missing)}")
+        raise ConfigError(f"weights file lacks parameters {sorted(missing)}")
     return data
 
 
@@ -93,7 +94,7 @@ class LearnedPolicy(Policy):
         else:
             vector = np.asarray(params, dtype=float)
             if vector.shape != (len(PARAM_NAMES),):
-                raise ValueError(f"expected {len(PARAM_NAMES)} parameters, got {vector.shape}")
+                raise ConfigError(f"expected {len(PARAM_NAMES)} parameters, got {vector.shape}")
         self.vector = vector
         p = dict(zip(PARAM_NAMES, vector))
         self.trigger, self.target = p["trigger"], p["target"]

@@ -10,11 +10,11 @@ scores below its base policy. It reads the future, which no observation-only age
 
 from __future__ import annotations
 
-from kv_cache_rl.episode import Action
+from kv_cache_rl.task.episode import Action
 from kv_cache_rl.policies.base import Policy
 from kv_cache_rl.policies.compress_first import CompressFirstPolicy
 from kv_cache_rl.policies.hybrid import HybridPolicy
-from kv_cache_rl.runner import apply_actions, play_out
+from kv_cache_rl.task.runner import apply_actions, play_out
 
 
 class LookaheadPolicy(Policy):

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import itertools
 
-from kv_cache_rl.episode import Action, Episode
+from kv_cache_rl.task.episode import Action, Episode
 from kv_cache_rl.policies.base import Policy
 from kv_cache_rl.policies.hindsight import HindsightPolicy
-from kv_cache_rl.runner import apply_actions, play, play_out
+from kv_cache_rl.policies.registry import POLICIES, make_policy
+from kv_cache_rl.task.runner import apply_actions, play, play_out
 
 GRID = [HindsightPolicy(trigger=trigger, target=target, safe_wrong=safe, swap=swap)
         for (trigger, target), safe, swap in itertools.product(
@@ -43,8 +44,6 @@ def parse_action(text: str) -> Action:
 
 def played(scenario, name: str, max_calls: int, policy=None) -> tuple[float, list[list[str]]]:
     """(reward, actions per step) of registry policy ``name`` on a fresh episode, memoised."""
-    from kv_cache_rl.policies import make_policy
-
     key = (name, max_calls)
     hit = scenario.plays.get(key)
     if hit is None:
@@ -93,8 +92,6 @@ class OraclePolicy(Policy):
     # ---- search -------------------------------------------------------------------------
     def plan(self, episode: Episode) -> list[list[str]]:
         """The best plan from ``episode``'s current state to its end."""
-        from kv_cache_rl.policies import POLICIES, make_policy
-
         fresh = episode.step_index == 0 and episode.calls_this_step == 0
         sc, cap = episode.scenario, episode.max_calls_per_step
         candidates = []  # (reward, plan, the policy that made it)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from kv_cache_rl.episode import Action
+from kv_cache_rl.task.episode import Action
 from kv_cache_rl.policies.base import Policy
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 
-from kv_cache_rl.episode import Action
+from kv_cache_rl.task.episode import Action
 from kv_cache_rl.policies.base import Policy, feasible
 
 ORDERS = {"largest": lambda e: (-e.blocks, e.seq_id), "smallest": lambda e: (e.blocks, e.seq_id),

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kv_cache_rl.engine import ActionError
-from kv_cache_rl.episode import ACTION_KINDS, MAX_CALLS_PER_STEP, Episode, parse_call
-from kv_cache_rl.rubric import RUBRIC
-from kv_cache_rl.scenario import DIFFICULTIES, SCENARIO_OPTIONS, Scenario, trace_file
+from kv_cache_rl.task.episode import ACTION_KINDS, MAX_CALLS_PER_STEP, Episode, parse_call
+from kv_cache_rl.task.rubric import RUBRIC
+from kv_cache_rl.task.scenario import DIFFICULTIES, SCENARIO_OPTIONS, Scenario, trace_file
 
 DIFFICULTY_CHOICES = ("all", *DIFFICULTIES)
 EXAMPLES_PER_DIFFICULTY = 100  # num_examples=-1: 100 seeds per difficulty (300 for "all")
@@ -36,12 +36,13 @@ DEFAULT_SEED = 42
 DEFAULT_STEPS = 20
 RUBRIC_WEIGHTS = {fn.__name__: weight for fn, weight in RUBRIC}
 # not in the core rubric: malformed or refused calls, and the episode's normalised score
-# (keep 0, the hindsight oracle 1: kv_cache_rl.bench.normalize)
+# (keep 0, the hindsight oracle 1: kv_cache_rl.apps.bench.normalize)
 EXTRA_METRICS = ("invalid_calls", "normalized_score")
 
+GPU_NAMES = {"RTXPRO6000": "RTX PRO 6000", "RTX4090": "RTX 4090"}  # as the prompt says them
 SYSTEM_PROMPT = """\
-You manage the KV cache of an LLM inference server (vLLM-style paged attention, Llama-3.1-8B on \
-one RTX PRO 6000) under memory pressure. Every turn you see an observation of the cache; you \
+You manage the KV cache of an LLM inference server (vLLM-style paged attention, {server}) \
+under memory pressure. Every turn you see an observation of the cache; you \
 answer with tool calls, which are applied in order, and then the server runs for one step \
 ({step_s} seconds) and you see the next observation. The episode has a fixed number of steps. \
 Agent sessions come back a tool-call pause after their turn ends (search, python, shell calls \
@@ -97,6 +98,9 @@ TOOL_DOCS = {
 SEQ_ID_DOC = "The id of a cache entry, one of visible_seq_ids."
 
 
+HARDWARE_KEYS = ("model", "gpu", "tensor_parallel_size")  # EnvArgs' server options, by name
+
+
 @dataclass(frozen=True)
 class EnvArgs:
     """The environment arguments (v0 ``load_environment`` kwargs, v1 taskset config fields)."""
@@ -107,6 +111,10 @@ class EnvArgs:
     steps: int = DEFAULT_STEPS
     max_calls_per_step: int = MAX_CALLS_PER_STEP
     trace_path: str | None = None  # cut every task's episode from a window of this raw trace
+    # the simulated server (a shipped profile; None: Llama-3.1-8B on one RTX PRO 6000)
+    model: str | None = None
+    gpu: str | None = None
+    tensor_parallel_size: int = 1  # GPUs the model is sharded over (vLLM's tensor parallel)
 
     def __post_init__(self) -> None:
         if self.difficulty not in DIFFICULTY_CHOICES:
@@ -118,6 +126,17 @@ class EnvArgs:
             raise ValueError("steps and max_calls_per_step must be >= 1")
         if self.trace_path is not None:
             trace_file(self.trace_path)  # fail now, not at the first task
+        from kv_cache_rl.task.scenario import resolve_hardware
+        resolve_hardware(self.model, self.gpu, self.tensor_parallel_size)  # unknown: fails now
+
+    @property
+    def hardware(self) -> dict:
+        """The server options to pass on (only those given: default tasks stay as they were)."""
+        out = {"model": self.model, "gpu": self.gpu}
+        out = {k: v for k, v in out.items() if v is not None}
+        if self.tensor_parallel_size != 1:
+            out["tensor_parallel_size"] = self.tensor_parallel_size
+        return out
 
     @property
     def size(self) -> int:
@@ -138,23 +157,30 @@ class EnvArgs:
     def episode(self, i: int) -> Episode:
         difficulty, seed = self.example(i)
         return new_episode(difficulty, seed, self.steps, self.max_calls_per_step,
-                           self.trace_path)
+                           self.trace_path, **self.hardware)
 
 
 def new_episode(difficulty: str, seed: int, steps: int, max_calls_per_step: int,
-                trace_path: str | None = None) -> Episode:
+                trace_path: str | None = None, **hardware) -> Episode:
+    """``hardware``: ``model``, ``gpu``, ``tensor_parallel_size`` (see ``make_scenario``)."""
     return Episode.from_seed(difficulty, seed, steps=steps, max_calls_per_step=max_calls_per_step,
-                             trace_path=trace_path)
+                             trace_path=trace_path, **hardware)
 
 
-def system_prompt(max_calls_per_step: int, step_s: float = Scenario.step_s) -> str:
-    """The instructions, with the costs of the shipped profile filled in."""
+def system_prompt(max_calls_per_step: int, step_s: float = Scenario.step_s,
+                  hardware: dict | None = None) -> str:
+    """The instructions, with the server (``hardware``: make_scenario's model, gpu and
+    tensor_parallel_size; default Llama-3.1-8B on one RTX PRO 6000) and its costs filled in."""
     from kv_cache_rl.policies.costs import costs
+    from kv_cache_rl.task.scenario import resolve_hardware
 
-    c = costs()
+    model, gpu, tp = resolve_hardware(**(hardware or {}))
+    c = costs(model, gpu, tp)
     w = c["wrong"]
+    server = f"{model} on one {GPU_NAMES.get(gpu, gpu)}" if tp == 1 else \
+        f"{model} on {tp} {GPU_NAMES.get(gpu, gpu)} GPUs, tensor parallel"
     return SYSTEM_PROMPT.replace("{max_calls}", str(max_calls_per_step)).format(
-        step_s=f"{step_s:g}", prefill_us=1e6 * c["prefill_s_per_token"],
+        server=server, step_s=f"{step_s:g}", prefill_us=1e6 * c["prefill_s_per_token"],
         swap_us=1e6 * c["swap_s_per_block"], chat8=w["chat"][1], chat4=w["chat"][2],
         code8=w["code"][1], code4=w["code"][2], reas8=w["reasoning"][1],
         reas4=w["reasoning"][2])
@@ -198,6 +224,22 @@ def carrier_index(calls: list[tuple[str, object]]) -> int:
     return good[-1] if good else len(calls) - 1
 
 
+def play_turn(episode: Episode, calls: list[tuple[str, object]]) -> list[str]:
+    """One assistant turn: each call through :meth:`Episode.call` (a malformed one is recorded
+    and answered with its error), then one simulator step; the step's observation goes on the
+    carrier's result. Returns one text per call, or the observation alone for a turn without
+    calls (a step with no action)."""
+    texts = [episode.call(name, arguments) for name, arguments in calls]
+    if not episode.done:
+        episode.advance()
+    note = after_step(episode)
+    if not texts:
+        return [note]
+    k = carrier_index(calls)
+    texts[k] = attach(texts[k], note)
+    return texts
+
+
 def finish(episode: Episode) -> Episode:
     """Play the steps a rollout did not reach with no action, so the reward is always the
     whole episode's (a rollout cut short by a limit or an early stop)."""
@@ -208,7 +250,7 @@ def finish(episode: Episode) -> Episode:
 
 def scores(episode: Episode) -> dict[str, float]:
     """The core rubric's values (and ``reward``) plus the extra metrics."""
-    from kv_cache_rl.bench import normalize
+    from kv_cache_rl.apps.bench import normalize
     from kv_cache_rl.policies.oracle import played
 
     values = dict(episode.score())
@@ -249,8 +291,8 @@ def policy_turns(difficulty: str, seed: int, policy: str, *, steps: int = DEFAUL
     """The turns a built-in policy plays in ``runner.play`` (every call it made, as ``(name, raw
     JSON arguments)``; a step with no call becomes ``keep()``), for replaying through adapters."""
     from kv_cache_rl.policies import make_policy
-    from kv_cache_rl.runner import play
-    from kv_cache_rl.scenario import make_scenario
+    from kv_cache_rl.task.runner import play
+    from kv_cache_rl.task.scenario import make_scenario
 
     episode = play(make_scenario(difficulty, seed, steps=steps, trace_path=trace_path),
                    make_policy(policy))
@@ -259,14 +301,6 @@ def policy_turns(difficulty: str, seed: int, policy: str, *, steps: int = DEFAUL
 
 
 # ---- live episodes from plain state ------------------------------------------------------------
-
-def plain_state(episode: Episode) -> dict:
-    """:meth:`Episode.state_dict`, copied through JSON (C speed) instead of ``deepcopy``."""
-    sc = episode.scenario
-    return {"difficulty": sc.difficulty, "seed": sc.seed, **sc.options,
-            "max_calls_per_step": episode.max_calls_per_step,
-            "calls": json.loads(json.dumps(episode.calls)), "step_index": episode.step_index}
-
 
 def _key(state: dict) -> tuple:
     """What identifies a plain state's scenario and call cap (equal to :func:`_episode_key` of
@@ -352,4 +386,4 @@ CACHE = EpisodeCache()
 __all__ = ["ACTION_KINDS", "CACHE", "DIFFICULTY_CHOICES", "EXAMPLES_PER_DIFFICULTY", "EnvArgs",
            "EpisodeCache", "RUBRIC_WEIGHTS", "SEQ_ID_DOC", "SYSTEM_PROMPT", "TOOL_DOCS",
            "after_step", "attach", "call_error", "carrier_index", "finish", "new_episode",
-           "plain_state", "play_turns", "scores", "system_prompt", "user_prompt"]
+           "play_turn", "play_turns", "scores", "system_prompt", "user_prompt"]

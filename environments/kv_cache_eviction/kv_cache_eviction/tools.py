@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import verifiers.v1 as vf
 from pydantic import WithJsonSchema
 
-from kv_cache_eviction.common import CACHE, SEQ_ID_DOC, TOOL_DOCS, plain_state
+from kv_cache_eviction.common import CACHE, SEQ_ID_DOC, TOOL_DOCS
 
 SeqId = Annotated[Any, WithJsonSchema({"type": "integer", "description": SEQ_ID_DOC})]
 
@@ -45,7 +45,7 @@ def apply_call(state: KVState, name: str, arguments: Any) -> str:
         return "error: this rollout has no episode (the task setup did not run)"
     episode = CACHE.restore(state.episode)
     text = episode.call(name, arguments)
-    state.episode = plain_state(episode)
+    state.episode = episode.state_dict()
     CACHE.put(episode)
     return text
 

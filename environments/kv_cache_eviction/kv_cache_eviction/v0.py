@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 
-from kv_cache_rl.episode import Episode
-from kv_cache_rl.rubric import RUBRIC
+from kv_cache_rl.task.episode import Episode
+from kv_cache_rl.task.rubric import RUBRIC
 
-from kv_cache_eviction.common import (EXTRA_METRICS, EnvArgs, after_step, attach, call_error,
-                                      carrier_index, finish, new_episode, scores, system_prompt,
-                                      user_prompt, TOOL_DOCS)
+from kv_cache_eviction.common import (EXTRA_METRICS, HARDWARE_KEYS, TOOL_DOCS, EnvArgs, finish,
+                                      new_episode, play_turn, scores, system_prompt,
+                                      user_prompt)
 
 V1_ENTRY_POINT = ("the v1 taskset kv_cache_eviction.KVCacheEvictionTaskset (with its Env "
                   "KVCacheEvictionEnv): `vf-eval kv-cache-eviction -m MODEL --client.base-url URL "
@@ -45,7 +45,8 @@ def _legacy():
     return vf, Dataset
 
 
-# ---- tools: the episode is a hidden argument, injected by update_tool_args ----------------------
+# ---- tools: declared to StatefulToolEnv for their schemas (the episode argument hidden); a turn's
+# calls run through common.play_turn, i.e. Episode.call, the one dispatch the v1 toolset uses too
 
 def evict(seq_id: int, episode: Episode) -> str:
     return episode.call("evict", {"seq_id": seq_id})
@@ -78,14 +79,17 @@ def _rubric_func(name: str):
 
 def load_environment(difficulty: str = "all", num_examples: int = -1, seed: int = 42,
                      steps: int = 20, max_calls_per_step: int = 8,
-                     trace_path: str | None = None, **kwargs):
+                     trace_path: str | None = None, model: str | None = None,
+                     gpu: str | None = None, tensor_parallel_size: int = 1, **kwargs):
     """The v0 environment. ``difficulty`` all|easy|medium|hard; ``num_examples`` -1 = the
     whole catalogue (100 seeds per difficulty); task ``i`` is scenario
     :meth:`EnvArgs.example`; ``steps`` per episode; ``max_calls_per_step`` tool calls per
-    assistant message; ``trace_path`` a raw trace to cut the episodes from. Other keyword
+    assistant message; ``trace_path`` a raw trace to cut the episodes from; ``model``, ``gpu``
+    and ``tensor_parallel_size`` the simulated server (a shipped profile). Other keyword
     arguments go to ``vf.StatefulToolEnv``."""
     vf, Dataset = _legacy()
-    args = EnvArgs(difficulty, num_examples, seed, steps, max_calls_per_step, trace_path)
+    args = EnvArgs(difficulty, num_examples, seed, steps, max_calls_per_step, trace_path,
+                   model, gpu, tensor_parallel_size)
 
     class KVCacheEvictionV0Env(vf.StatefulToolEnv):
         def __init__(self, **kw):
@@ -96,7 +100,9 @@ def load_environment(difficulty: str = "all", num_examples: int = -1, seed: int 
         async def setup_state(self, state, **kw):
             info = state["info"]
             episode = new_episode(info["difficulty"], info["seed"], info["steps"],
-                                  info["max_calls_per_step"], info.get("trace_path"))
+                                  info["max_calls_per_step"], info.get("trace_path"),
+                                  **{k: info[k] for k in HARDWARE_KEYS
+                                     if info.get(k) is not None})
             state["kv_episode"] = episode
             # the first observation joins the prompt here, so building the dataset is instant
             prompt = list(state["prompt"])
@@ -106,31 +112,17 @@ def load_environment(difficulty: str = "all", num_examples: int = -1, seed: int 
             return await super().setup_state(state, **kw)
 
         def update_tool_args(self, tool_name, tool_args, messages, state, **kw):
+            """StatefulToolEnv's hook: the episode is the tools' hidden argument."""
             return {**tool_args, "episode": state["kv_episode"]}
 
         async def env_response(self, messages, state, **kw):
             episode: Episode = state["kv_episode"]
             calls = messages[-1].tool_calls or []
-            raw = [(c.name, c.arguments) for c in calls]
-            texts = []
-            for (name, arguments), call in zip(raw, calls):
-                error = call_error(name, arguments)
-                if error is not None:
-                    texts.append(episode.call(name, arguments))  # records it; == error
-                    continue
-                parsed = json.loads(arguments) if arguments.strip() else {}
-                tool_args = self.update_tool_args(name, parsed,
-                                                  messages, state, **kw)
-                texts.append((await self.call_tool(name, tool_args, call.id)).content)
-            if not episode.done:
-                episode.advance()
-            note = after_step(episode)
-            if texts:
-                k = carrier_index(raw)
-                texts[k] = attach(texts[k], note)
+            texts = play_turn(episode, [(c.name, c.arguments) for c in calls])
+            if calls:
                 out = [vf.ToolMessage(tool_call_id=c.id, content=t) for c, t in zip(calls, texts)]
             else:  # a reply without tool calls: a step with no action
-                out = [vf.UserMessage(content=note)]
+                out = [vf.UserMessage(content=texts[0])]
             if episode.done:
                 state["final_env_response"] = out
             return out
@@ -147,7 +139,7 @@ def load_environment(difficulty: str = "all", num_examples: int = -1, seed: int 
                 state["kv_state"] = episode.state_dict()
 
     def rows():
-        header = system_prompt(args.max_calls_per_step)
+        header = system_prompt(args.max_calls_per_step, hardware=args.hardware)
         out = []
         for i in range(args.size):
             difficulty, seed = args.example(i)
@@ -155,6 +147,7 @@ def load_environment(difficulty: str = "all", num_examples: int = -1, seed: int 
                     "max_calls_per_step": args.max_calls_per_step}
             if args.trace_path is not None:
                 info["trace_path"] = args.trace_path
+            info.update(args.hardware)
             out.append({
                 "prompt": [{"role": "system", "content": header},
                            {"role": "user", "content": f"Scenario: difficulty {difficulty}, "

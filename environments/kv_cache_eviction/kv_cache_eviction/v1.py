@@ -32,9 +32,9 @@ from typing import Literal
 import verifiers.v1 as vf
 from pydantic import Field
 
-from kv_cache_eviction.common import (CACHE, EXTRA_METRICS, RUBRIC_WEIGHTS, EnvArgs, after_step,
-                                      attach, call_error, carrier_index, finish, new_episode,
-                                      plain_state, scores, system_prompt, user_prompt)
+from kv_cache_eviction.common import (CACHE, EXTRA_METRICS, HARDWARE_KEYS, RUBRIC_WEIGHTS,
+                                      EnvArgs, after_step, attach, call_error, carrier_index,
+                                      finish, new_episode, scores, system_prompt, user_prompt)
 from kv_cache_eviction.tools import KVCacheTools, KVState
 
 
@@ -55,10 +55,18 @@ class KVCacheEvictionConfig(vf.TasksetConfig):
     trace_path: str | None = None
     """A raw trace (JSONL, Azure CSV, Mooncake JSONL) to cut every episode from, instead of
     generating it; it must exist where the environment and its tool server run."""
+    model: str | None = None
+    """The simulated server's model (a shipped profile; default Llama-3.1-8B)."""
+    gpu: str | None = None
+    """Its GPU (default RTXPRO6000)."""
+    tensor_parallel_size: int = Field(1, ge=1)
+    """GPUs the model is sharded over (a shipped TP profile, e.g. Qwen3-32B on RTXPRO6000 at
+    2); an unshipped size fails with the available ones."""
 
     def args(self) -> EnvArgs:
         return EnvArgs(self.difficulty, self.num_examples, self.seed, self.steps,
-                       self.max_calls_per_step, self.trace_path)
+                       self.max_calls_per_step, self.trace_path, self.model, self.gpu,
+                       self.tensor_parallel_size)
 
 
 class KVCacheEvictionData(vf.TaskData):
@@ -67,6 +75,9 @@ class KVCacheEvictionData(vf.TaskData):
     steps: int
     max_calls_per_step: int
     trace_path: str | None = None
+    model: str | None = None
+    gpu: str | None = None
+    tensor_parallel_size: int = 1
 
 
 def close_turn(state: KVState, turn: int, invalid: list[tuple[str, str]]) -> None:
@@ -79,7 +90,7 @@ def close_turn(state: KVState, turn: int, invalid: list[tuple[str, str]]) -> Non
         for name, arguments in invalid:
             episode.call(name, arguments)
         episode.advance()
-    state.episode = plain_state(episode)
+    state.episode = episode.state_dict()
     state.observation = after_step(episode)
     state.observed_turn = turn
     CACHE.put(episode)
@@ -95,8 +106,10 @@ def _content(message) -> str:
 class KVCacheEvictionTask(vf.Task[KVCacheEvictionData, KVState, vf.TaskConfig]):
     async def setup(self, trace, runtime) -> None:
         d = self.data
-        episode = new_episode(d.difficulty, d.seed, d.steps, d.max_calls_per_step, d.trace_path)
-        trace.state.episode = plain_state(episode)
+        episode = new_episode(d.difficulty, d.seed, d.steps, d.max_calls_per_step, d.trace_path,
+                              **{k: getattr(d, k) for k in HARDWARE_KEYS
+                                 if getattr(d, k) not in (None, 1)})
+        trace.state.episode = episode.state_dict()
         CACHE.put(episode)
 
     @vf.stop
@@ -173,7 +186,7 @@ class KVCacheEvictionTask(vf.Task[KVCacheEvictionData, KVState, vf.TaskConfig]):
             return
         episode = finish(CACHE.restore(state.episode))
         state.scores = scores(episode)
-        trace.info["episode"] = plain_state(episode)  # the replayable log (state is not traced)
+        trace.info["episode"] = episode.state_dict()  # the replayable log (state is not traced)
         trace.info["steps_played"] = state.observed_turn
         CACHE.put(episode)
 
@@ -199,7 +212,7 @@ class KVCacheEvictionTaskset(vf.Taskset[KVCacheEvictionTask, KVCacheEvictionConf
 
     def load(self):
         args = self.config.args()
-        system = system_prompt(args.max_calls_per_step)
+        system = system_prompt(args.max_calls_per_step, hardware=args.hardware)
         for i in range(args.size):
             difficulty, seed = args.example(i)
             episode = args.episode(i)
@@ -207,7 +220,8 @@ class KVCacheEvictionTaskset(vf.Taskset[KVCacheEvictionTask, KVCacheEvictionConf
                 KVCacheEvictionData(
                     name=f"{difficulty}-{seed}", prompt=user_prompt(episode),
                     system_prompt=system, difficulty=difficulty, seed=seed, steps=args.steps,
-                    max_calls_per_step=args.max_calls_per_step, trace_path=args.trace_path),
+                    max_calls_per_step=args.max_calls_per_step, trace_path=args.trace_path,
+                    **args.hardware),
                 self.config.task)
 
 
