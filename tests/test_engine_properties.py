@@ -83,8 +83,8 @@ def _check_observed_sizes(eng: Engine) -> None:
         assert observed_units(seq, units, bs) == fresh, (seq, fresh)
 
 
-def _run(config: dict, trace, plan, fast: bool = False) -> Tracker:
-    engine = Engine(EngineConfig(**config), PROFILE, trace)
+def _run(config: dict, trace, plan, fast: bool = False, profile=PROFILE) -> Tracker:
+    engine = Engine(EngineConfig(**config), profile, trace)
     todo = list(plan)
     wait = [todo[0][0] if todo else 0]
 
@@ -148,6 +148,25 @@ def test_random_traces_keep_invariants(config, trace, fast):
 def test_random_traces_and_actions_keep_invariants(config, trace, plan, fast):
     t = _run(config, trace, plan, fast)
     engine = t.engine
+    assert len(engine.finished) + engine.stats.rejected == len(trace.requests)
+    assert engine.cpu_free_units + sum(s.cpu_units for s in engine.live.values()) \
+        == engine.cpu_total_units
+
+
+TENSOR_PARALLEL = [("Qwen3-32B", "RTXPRO6000", 2), ("Llama-3.1-70B", "H100", 8)]
+
+
+@settings(max_examples=30, **SETTINGS)
+@given(config=configs, trace=traces(sessions=True), plan=actions, fast=st.booleans(),
+       server=st.sampled_from(TENSOR_PARALLEL))
+def test_tensor_parallel_servers_keep_invariants(config, trace, plan, fast, server):
+    """The shipped TP profiles (per-GPU KV, collectives in the iteration time, a host link per
+    GPU) under the same random traces and actions."""
+    from kv_cache_rl.hardware.profiles import load_profile
+
+    t = _run(config, trace, plan, fast, profile=load_profile(*server))
+    engine = t.engine
+    assert engine.profile.tp == server[2]
     assert len(engine.finished) + engine.stats.rejected == len(trace.requests)
     assert engine.cpu_free_units + sum(s.cpu_units for s in engine.live.values()) \
         == engine.cpu_total_units

@@ -215,3 +215,37 @@ def test_observation_counts_down_to_zero_at_the_end():
                      ["step 3/3", "episode_remaining 1"], ["step 3/3", "episode_remaining 0"]]
     final = episode.observation
     assert final.step == 3 and Observation.from_text(final.text()) == final
+
+
+def _rebuilt_equals(episode: Episode) -> None:
+    state = json.loads(json.dumps(episode.state_dict()))
+    again = Episode.from_state(state)
+    assert again.state_dict() == state and again.history == episode.history
+    assert again.record.invalid_actions == episode.record.invalid_actions
+    assert again.text() == episode.text()
+
+
+def test_a_call_after_the_end_is_refused_and_replayed_after_it():
+    episode = Episode(make_scenario("medium", 5, steps=2))
+    seq_id = next(iter(episode.observation.visible))
+    episode.advance()
+    episode.advance()
+    assert episode.call("evict", {"seq_id": seq_id}).startswith("error: the episode is over")
+    _rebuilt_equals(episode)  # not replayed into the last step, where it would be accepted
+
+
+def test_odd_arguments_get_an_error_text_not_an_exception():
+    episode = Episode(make_scenario("easy", 2, steps=2))
+    assert episode.call("swap_to_cpu", {"seq_id": 1, 1: "x", "a": 2}).startswith("error:")
+    assert episode.call("keep", {2: 0, "b": 1}).startswith("error:")
+    _rebuilt_equals(episode)
+
+
+def test_a_numpy_integer_seq_id_is_an_integer():
+    import numpy as np
+
+    episode = Episode(make_scenario("easy", 18, steps=2))
+    seq_id = next(iter(episode.observation.visible))
+    assert not episode.call("compress", {"seq_id": np.int64(seq_id)}).startswith("error")
+    assert episode.call("evict", {"seq_id": np.float64(seq_id)}).startswith("error")
+    _rebuilt_equals(episode)

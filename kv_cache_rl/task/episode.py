@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import operator
 from dataclasses import dataclass
 
 from kv_cache_rl.errors import ConfigError
@@ -122,6 +123,8 @@ class Episode:
 
     def call(self, name: str, arguments: dict | str | None = None) -> str:
         """Tool-call front end for language models: never raises, errors come back as text."""
+        if self.done and len(self.calls) == self.step_index:
+            self.calls.append([])  # calls after the end: refused, and replayed after it
         self.calls[-1].append([name, arguments])
         try:
             action = parse_call(name, arguments)
@@ -250,9 +253,9 @@ def parse_call(name: str, arguments: dict | str | None) -> Action:
         raise EpisodeError(f"unknown tool {name!r}; use one of {', '.join(ACTION_KINDS)}")
     if name == "keep":
         if arguments:
-            raise EpisodeError(f"keep takes no arguments, got {sorted(arguments)}")
+            raise EpisodeError(f"keep takes no arguments, got {sorted(map(str, arguments))}")
         return Action("keep")
-    extra = sorted(set(arguments) - {"seq_id"})
+    extra = sorted(map(str, set(arguments) - {"seq_id"}))
     if extra:
         raise EpisodeError(f"{name} takes only seq_id, got unexpected {extra}")
     if "seq_id" not in arguments:
@@ -260,6 +263,8 @@ def parse_call(name: str, arguments: dict | str | None) -> Action:
     seq_id = arguments["seq_id"]
     if isinstance(seq_id, str) and seq_id.strip().lstrip("-").isdigit():
         seq_id = int(seq_id)
+    elif not isinstance(seq_id, (bool, int)) and hasattr(seq_id, "__index__"):
+        seq_id = operator.index(seq_id)  # a numpy integer, as a Gym policy may pass
     if isinstance(seq_id, bool) or not isinstance(seq_id, int):
         raise EpisodeError(f"seq_id must be an integer, got {seq_id!r}")
     return Action(name, seq_id)

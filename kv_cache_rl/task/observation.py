@@ -3,9 +3,10 @@ know now (sizes, kinds, precision, location, priority, progress, idle time, and 
 request type, turns so far, mean past pause and the call it waits on), never the future.
 
 ``Entry.blocks`` is exactly what evicting the entry frees on the GPU (its blocks no other
-sequence holds, in fp16-equivalent blocks) and what swapping it moves; compressing it frees at
-most half of that (its own blocks above the lowest tier; the shared system prompt shrinks
-whole).
+sequence holds, in fp16-equivalent blocks) and what swapping it moves. Compressing it shrinks
+its own blocks to the next tier (the shared system prompt shrinks whole): that frees half of
+``blocks`` when they are all at the entry's tier, up to three quarters when an int8 entry still
+holds fp16 blocks (a prefix it took over), nothing for blocks already at int4.
 
 The same :class:`Observation` renders the text given to LLM agents (every adapter shows the
 same text) and the fixed-size arrays of the Gymnasium env.

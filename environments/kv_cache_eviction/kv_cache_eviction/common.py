@@ -79,7 +79,8 @@ Entry columns: id kind type session turns waits tokens blocks tier loc prio prog
 pause_s. type is the session's application; turns its turns so far; waits what a \
 context's session waits on (user, or the tool in flight); idle_s the seconds since it last \
 ran; pause_s the mean pause between its earlier turns; blocks exactly what evicting it frees \
-(and what swapping moves; compressing frees at most half); progress is a generation's share \
+(and what swapping moves; compressing frees half, up to three quarters where an int8 entry \
+still holds fp16 blocks); progress is a generation's share \
 of its output done. The eviction candidates are listed safest first."""
 
 
