@@ -104,6 +104,14 @@ def test_train_smoke(tmp_path):
     assert loaded == json.loads(out.read_text()) == data
     assert set(data["meta"]["held_out"]) == {"learned", "keep"}
     LearnedPolicy(loaded["params"])
+    ticks = []
+    again = train(out=tmp_path / "again.json", generations=1, population=2, elite=1, batch=1,
+                  workers=2, train_seeds=range(1000, 1002), select_seeds=range(2000, 2001),
+                  eval_seeds=range(0, 1), baselines=("keep",), command="kv-cache-rl train test",
+                  log=lambda *_: None, progress=lambda: ticks.append(1))
+    # same seed, same weights, whatever the number of processes
+    assert again["params"] == data["params"] and ticks == [1]
+    assert again["meta"]["held_out"] == data["meta"]["held_out"]
     with pytest.raises(ValueError):
         train(out=out, train_seeds=range(0, 10), eval_seeds=range(0, 5), generations=1,
               log=lambda *_: None)

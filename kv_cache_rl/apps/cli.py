@@ -161,6 +161,9 @@ def _cmd_serve(args) -> int:
 
 
 def _cmd_train(args) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+
     from kv_cache_rl.task.scenario import parse_fractions
     from kv_cache_rl.apps.train import DEFAULT_OUT, parse_seeds, train
 
@@ -176,13 +179,18 @@ def _cmd_train(args) -> int:
                   if args.tensor_parallel_size != 1 else "")
                + (" --install" if args.install else ""))
     out = Path(args.out) if args.out else DEFAULT_OUT.with_name(f"learned_seed{args.seed}.json")
-    train(out=out, install=args.install, difficulty=args.difficulty, seed=args.seed,
-          generations=args.generations, population=args.population, elite=args.elite,
-          batch=args.batch, workers=args.workers, train_seeds=parse_seeds(args.train_seeds),
-          select_seeds=parse_seeds(args.select_seeds),
-          eval_seeds=None if args.eval_seeds == "none" else parse_seeds(args.eval_seeds),
-          fractions=parse_fractions(args.memory_fraction), command=command,
-          hardware=_scenario_hardware(args))
+    hardware = _scenario_hardware(args)
+    with Progress(console=Console(stderr=True), transient=True) as progress:
+        bar = progress.add_task("CEM generations", total=args.generations)
+        train(out=out, install=args.install, difficulty=args.difficulty, seed=args.seed,
+              generations=args.generations, population=args.population, elite=args.elite,
+              batch=args.batch, workers=args.workers,
+              train_seeds=parse_seeds(args.train_seeds),
+              select_seeds=parse_seeds(args.select_seeds),
+              eval_seeds=None if args.eval_seeds == "none" else parse_seeds(args.eval_seeds),
+              fractions=parse_fractions(args.memory_fraction), command=command,
+              hardware=hardware, log=progress.console.print,
+              progress=lambda: progress.advance(bar))
     return 0
 
 

@@ -13,8 +13,8 @@ between the last mean and the best candidate ever sampled is made on ``--select-
 ``bench`` plays). The three sets are disjoint, so the reported margin is out of sample.
 
 Budgets: ``--memory-fraction LO:HI`` replaces each training scenario's KV budget by LO..HI x
-its peak demand (drawn from the seed; :func:`~kv_cache_rl.task.scenario.memory_fraction_for`), so the policy also learns scarcer
-memory than the tier's own 0.65-0.80; the shipped weights use 0.3:0.8. The held-out report
+its peak demand (drawn from the seed; :func:`~kv_cache_rl.task.scenario.memory_fraction_for`),
+so the policy also learns other budgets than the tier's own (hard: 0.35-0.50). The held-out report
 always plays the tier's own scenarios, exactly as ``bench`` does.
 
 Workers: ``--workers`` single-process pools; scenario ``s`` always goes to pool
@@ -98,8 +98,10 @@ def summary(rewards) -> dict:
 
 def cem(evaluator: Evaluator, *, difficulty: str = "hard", train_seeds=range(1000, 2000),
         generations: int = 20, population: int = 20, elite: int = 5, batch: int = 10,
-        seed: int = 0, extra_std: float = 0.1, fractions=None, log=print) -> dict:
-    """Run the CEM; return the final mean, the best sampled vector and the per-generation log."""
+        seed: int = 0, extra_std: float = 0.1, fractions=None, log=print,
+        progress=None) -> dict:
+    """Run the CEM; return the final mean, the best sampled vector and the per-generation log.
+    ``progress`` (no arguments) is called after each generation."""
     from kv_cache_rl.policies.learned import initial_vector
 
     rng = np.random.default_rng(seed)
@@ -127,6 +129,8 @@ def cem(evaluator: Evaluator, *, difficulty: str = "hard", train_seeds=range(100
                         "seconds": round(time.perf_counter() - t0, 2)})
         log(f"gen {gen:2d}  mean {mean_fit:+.3f}  elite {fit[top].mean():+.3f}  "
             f"best {fit[top[0]]:+.3f}  ({history[-1]['seconds']:.1f}s)")
+        if progress is not None:
+            progress()
     return {"mean": mean, "best": best, "history": history}
 
 
@@ -145,7 +149,7 @@ def train(*, out: str | Path, install: bool = False, difficulty: str = "hard", s
           train_seeds: range = range(1000, 2000), select_seeds: range = range(2000, 2040),
           eval_seeds: range | None = range(0, 50), baselines=("keep", "lru", "compress_first"),
           fractions: tuple[float, float] | None = None, command: str = "", log=print,
-          hardware: dict | None = None) -> dict:
+          hardware: dict | None = None, progress=None) -> dict:
     """Train, pick, evaluate on held-out seeds and write the weights JSON to ``out``; with
     ``install`` also over the shipped weights. Return the written dict. Writing the shipped
     weights through ``out`` without ``install`` is refused before any training runs."""
@@ -162,7 +166,7 @@ def train(*, out: str | Path, install: bool = False, difficulty: str = "hard", s
     with Evaluator(workers, hardware) as ev:
         result = cem(ev, difficulty=difficulty, train_seeds=train_seeds, generations=generations,
                      population=population, elite=elite, batch=batch, seed=seed,
-                     fractions=fractions, log=log)
+                     fractions=fractions, log=log, progress=progress)
         picks = ev.rewards(difficulty, select_seeds,
                            [result["mean"].tolist(), result["best"].tolist()],
                            fractions).mean(axis=1)
