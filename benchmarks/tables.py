@@ -202,15 +202,11 @@ def _percent(fraction: float) -> str:
     return f"{value}%"
 
 
-GPU_LABELS = {"RTX4090": "RTX 4090", "RTXPRO6000": "RTX PRO 6000", "H100": "H100 SXM",
-              "A100": "A100 SXM"}
-
-
 def calibration() -> str:
     """The shipped hardware profiles: ``kv_cache_rl/data/calibration/cost_*.json`` (held-back
     errors, source) and ``load_profile(...).num_gpu_blocks()`` (KV blocks at 0.9 utilisation)."""
     from kv_cache_rl import DATA_DIR
-    from kv_cache_rl.hardware.profiles import load_profile
+    from kv_cache_rl.hardware.profiles import GPU_LABELS, load_profile
 
     rows = []
     for path in sorted((DATA_DIR / "calibration").glob("cost_*.json")):

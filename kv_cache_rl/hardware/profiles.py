@@ -31,6 +31,9 @@ from kv_cache_rl.hardware.specs import GPUSpec, ModelSpec, PrecisionTier
 from kv_cache_rl.hardware.costmodel import CostModel
 
 CALIBRATION_DIR = DATA_DIR / "calibration"
+# how people write the registry's GPU names (prompts, tables)
+GPU_LABELS = {"RTX4090": "RTX 4090", "RTXPRO6000": "RTX PRO 6000", "H100": "H100 SXM",
+              "A100": "A100 SXM"}
 _MODEL_FIELDS = ("name", "num_layers", "hidden_size", "num_attention_heads", "num_kv_heads",
                  "head_dim", "intermediate_size", "vocab_size", "num_params", "dtype_bytes",
                  "source")

@@ -181,8 +181,7 @@ def _read_raw_trace(path: str, _mtime_ns: int, _size: int) -> tuple[Trace, int]:
 def _engine_config(profile, num_gpu_blocks: int, swap_bytes: int = SWAP_SPACE_BYTES
                    ) -> EngineConfig:
     # swap_space is per GPU; at tensor parallel N each GPU's host copy holds its shard of a block
-    per_gpu = getattr(profile, "kv_bytes_per_token_per_gpu", profile.model.kv_bytes_per_token)
-    swap_blocks = swap_bytes // (per_gpu * 16)
+    swap_blocks = swap_bytes // (profile.kv_bytes_per_token_per_gpu * 16)
     return EngineConfig(num_gpu_blocks=num_gpu_blocks, num_cpu_blocks=swap_blocks,
                         retention_s=RETENTION_S, max_num_seqs=256, max_num_batched_tokens=2048,
                         closed_loop=True, default_tiers=DEFAULT_TIERS)

@@ -39,7 +39,6 @@ RUBRIC_WEIGHTS = {fn.__name__: weight for fn, weight in RUBRIC}
 # (keep 0, the hindsight oracle 1: kv_cache_rl.apps.bench.normalize)
 EXTRA_METRICS = ("invalid_calls", "normalized_score")
 
-GPU_NAMES = {"RTXPRO6000": "RTX PRO 6000", "RTX4090": "RTX 4090"}  # as the prompt says them
 SYSTEM_PROMPT = """\
 You manage the KV cache of an LLM inference server (vLLM-style paged attention, {server}) \
 under memory pressure. Every turn you see an observation of the cache; you \
@@ -172,14 +171,15 @@ def system_prompt(max_calls_per_step: int, step_s: float = Scenario.step_s,
                   hardware: dict | None = None) -> str:
     """The instructions, with the server (``hardware``: make_scenario's model, gpu and
     tensor_parallel_size; default Llama-3.1-8B on one RTX PRO 6000) and its costs filled in."""
+    from kv_cache_rl.hardware.profiles import GPU_LABELS
     from kv_cache_rl.policies.costs import costs
     from kv_cache_rl.task.scenario import resolve_hardware
 
     model, gpu, tp = resolve_hardware(**(hardware or {}))
     c = costs(model, gpu, tp)
     w = c["wrong"]
-    server = f"{model} on one {GPU_NAMES.get(gpu, gpu)}" if tp == 1 else \
-        f"{model} on {tp} {GPU_NAMES.get(gpu, gpu)} GPUs, tensor parallel"
+    label = GPU_LABELS.get(gpu, gpu)
+    server = f"{model} on one {label}" if tp == 1 else f"{model} on {tp} {label} GPUs, tensor parallel"
     return SYSTEM_PROMPT.replace("{max_calls}", str(max_calls_per_step)).format(
         server=server, step_s=f"{step_s:g}", prefill_us=1e6 * c["prefill_s_per_token"],
         swap_us=1e6 * c["swap_s_per_block"], chat8=w["chat"][1], chat4=w["chat"][2],
